@@ -1,0 +1,358 @@
+"""Ingest a Panoptic-layout root into sharded Parquet datasets of multi-view frames.
+
+Output (``out/``): ``train/*.parquet`` and ``test/*.parquet`` (split by sequence; one row = one
+multi-view frame, schema in ``selfpose3d/data/schema.py``) and ``summary.json`` (frames read,
+written and rejected with the reason for each rejection, sizes, throughput, source, config).
+
+Two engines produce the same rows: ``ray`` reads and encodes frames in parallel with Ray Data
+and writes with ``write_parquet``; ``plain`` does the same in one process, for debugging.
+A frame that cannot be read is reported in the summary and never written, and never stops
+the job; a problem with a whole sequence (calibration, camera selection) stops it before
+anything is written. The output appears atomically: everything is written into a staging
+directory next to ``out`` and renamed into place at the end.
+
+CLI: ``selfpose3d ingest SRC --out OUT [--config cfg.yaml] [--set data.key=value] ...``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from selfpose3d.data.config import DataConfig
+from selfpose3d.data.panoptic import MultiViewFrame, PanopticReader, Split
+from selfpose3d.data.schema import ARROW_SCHEMA, SCHEMA_VERSION, frames_to_table
+from selfpose3d.io import atomic_write_json
+
+SPLITS: tuple[Split, ...] = ("train", "test")
+FRAMES_PER_TASK = 8  # work items per Ray map batch: enough to amortise task overhead
+Plan = dict[Split, list[tuple[str, int]]]  # split -> [(sequence, frame)]
+
+
+# -- reading (shared by both engines; runs inside Ray tasks for the ray engine) -------------
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_reader(root: str, cfg_json: str, run_id: str) -> PanopticReader:
+    # Ray reuses worker processes across tasks, so a sequence's calibration and pseudo-label
+    # file are parsed once per worker, not once per batch. ``run_id`` keeps a later run from
+    # seeing files cached by an earlier one.
+    return PanopticReader(root, DataConfig(**json.loads(cfg_json)), images=True)
+
+
+def read_items(root: str, cfg_json: str, run_id: str, sequences: list[str], frames: list[int]
+               ) -> tuple[pa.Table, list[dict[str, Any]]]:  # fmt: skip
+    """Read (sequence, frame) work items -> (table of good rows, rejection records)."""
+    reader = _cached_reader(root, cfg_json, run_id)
+    good: list[MultiViewFrame] = []
+    rejected = []
+    for sequence, frame in zip(sequences, frames, strict=True):
+        result = reader.read_or_reject(sequence, int(frame))
+        if isinstance(result, MultiViewFrame):
+            good.append(result)
+        else:
+            rejected.append(result.to_dict())
+    return frames_to_table(good), rejected
+
+
+def _read_batch_ray(batch: pa.Table, *, root: str, cfg_json: str, run_id: str, log: Any
+                    ) -> pa.Table:  # fmt: skip
+    """Ray map_batches body: rejections go to the log actor, good rows flow on to the write."""
+    import ray
+
+    table, rejected = read_items(root, cfg_json, run_id, batch["sequence"].to_pylist(),
+                                 batch["frame"].to_pylist())  # fmt: skip
+    if rejected:
+        ray.get(log.add.remote(rejected))
+    return table
+
+
+def _rejection_log_class() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class RejectionLog:
+        """Collects rejections from the map tasks; keyed by frame so task retries don't
+        count a frame twice."""
+
+        def __init__(self) -> None:
+            self.records: dict[tuple[str, int], dict[str, Any]] = {}
+
+        def add(self, records: list[dict[str, Any]]) -> None:
+            for r in records:
+                self.records[(r["sequence"], r["frame"])] = r
+
+        def get(self) -> list[dict[str, Any]]:
+            return list(self.records.values())
+
+    return RejectionLog
+
+
+# -- engines --------------------------------------------------------------------------------
+
+
+def _write_shards(tables: Iterator[pa.Table], folder: Path, rows_per_shard: int) -> None:
+    """Write a stream of tables as part-00000.parquet, ... of ``rows_per_shard`` rows each
+    (the last one may be shorter)."""
+    folder.mkdir(parents=True)
+    pending, shard = ARROW_SCHEMA.empty_table(), 0
+    for table in itertools.chain(tables, [None]):  # None marks the end: flush the rest
+        if table is not None:
+            pending = pa.concat_tables([pending, table])
+        while pending.num_rows >= rows_per_shard or (table is None and pending.num_rows):
+            pq.write_table(pending.slice(0, rows_per_shard), folder / f"part-{shard:05d}.parquet")
+            pending, shard = pending.slice(rows_per_shard), shard + 1
+
+
+def _run_plain(src: Path, stage: Path, cfg: DataConfig, plan: Plan, progress: bool
+               ) -> list[dict[str, Any]]:  # fmt: skip
+    from tqdm import tqdm
+
+    cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    rejected: list[dict[str, Any]] = []
+
+    def read_split(split: Split, items: list[tuple[str, int]]) -> Iterator[pa.Table]:
+        for start in tqdm(range(0, len(items), FRAMES_PER_TASK), desc=f"ingest {split}",
+                          unit="batch", disable=not progress):  # fmt: skip
+            chunk = items[start : start + FRAMES_PER_TASK]
+            table, rej = read_items(str(src), cfg_json, stage.name, [s for s, _ in chunk],
+                                    [f for _, f in chunk])  # fmt: skip
+            rejected.extend(rej)
+            yield table
+
+    for split, items in plan.items():
+        _write_shards(read_split(split, items), stage / split, cfg.rows_per_shard)
+    return rejected
+
+
+@contextmanager
+def _ray_session(num_cpus: int | None) -> Iterator[Any]:
+    """Use the running Ray instance, or start one (and stop only that one)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_ray(src: Path, stage: Path, cfg: DataConfig, plan: Plan, num_cpus: int | None,
+             progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+    with _ray_session(num_cpus) as ray:
+        from ray.data import DataContext, TaskPoolStrategy
+
+        workers = num_cpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+        log = _rejection_log_class().remote()
+        ctx = DataContext.get_current()
+        saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+        # Keep frames in plan order so that shards hold consecutive frames and a re-run
+        # writes the same shards.
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = progress
+        try:
+            for split, items in plan.items():
+                if not items:
+                    (stage / split).mkdir(parents=True)
+                    continue
+                # At most FRAMES_PER_TASK frames per block, and at least one block per worker.
+                blocks = min(len(items), max(math.ceil(len(items) / FRAMES_PER_TASK), workers))
+                ds = ray.data.from_items([{"sequence": s, "frame": f} for s, f in items],
+                                         override_num_blocks=blocks)  # fmt: skip
+                ds = ds.map_batches(
+                    _read_batch_ray, batch_size=FRAMES_PER_TASK, batch_format="pyarrow",
+                    fn_kwargs={"root": str(src), "cfg_json": cfg_json, "run_id": stage.name,
+                               "log": log},
+                    compute=TaskPoolStrategy(size=workers), num_cpus=1,
+                )  # fmt: skip
+                # The explicit schema keeps every column a plain Arrow type (no tensor
+                # extension types) and carries the schema version into each file.
+                ds.write_parquet(str(stage / split), min_rows_per_file=cfg.rows_per_shard,
+                                 max_rows_per_file=cfg.rows_per_shard, schema=ARROW_SCHEMA)
+                (stage / split).mkdir(parents=True, exist_ok=True)
+            return ray.get(log.get.remote())
+        finally:
+            ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+            ray.kill(log)
+
+
+# -- the job --------------------------------------------------------------------------------
+
+
+def _identity(src: Path, cfg: DataConfig) -> dict[str, Any]:
+    """What makes two ingests the same dataset (the engine and CPU count do not)."""
+    return {"source": str(src), "data_config": dataclasses.asdict(cfg),
+            "schema_version": SCHEMA_VERSION}  # fmt: skip
+
+
+def _check_output(out: Path, src: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to replace something that is not an identical earlier run of this ingest."""
+    if src == out or out in src.parents:
+        raise ValueError(f"{out}: the output directory contains the source {src}")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: output path exists and is not a directory")
+    if overwrite or not any(out.iterdir()):
+        return
+    summary_path = out / "summary.json"
+    if not summary_path.is_file():
+        raise ValueError(f"{out}: output directory is not empty and holds no ingest "
+                         f"summary.json; pass overwrite=True (--overwrite) to replace it")
+    try:
+        previous = json.loads(summary_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{summary_path}: unreadable summary ({e}); pass overwrite=True "
+                         f"(--overwrite) to replace the directory") from e
+    before = {k: previous.get(k) for k in identity}
+    if before != identity:
+        differs = sorted(k for k in identity if before[k] != identity[k])
+        raise ValueError(f"{out}: output directory already holds a different dataset "
+                         f"({', '.join(differs)} differ: {before['source']!r} vs "
+                         f"{identity['source']!r}); pass overwrite=True (--overwrite) to "
+                         f"replace it")
+
+
+def make_plan(reader: PanopticReader) -> tuple[Plan, dict[Split, list[str]]]:
+    """Every (sequence, frame) to read, by split. Opening each sequence here makes a bad
+    calibration or camera selection fail the job before any work starts."""
+    plan: Plan = {}
+    sequences: dict[Split, list[str]] = {}
+    for split in SPLITS:
+        sequences[split] = reader.sequences(split)
+        plan[split] = [(s, f) for s in sequences[split] for f in reader.frames(s, split)]
+    both = set(sequences["train"]) & set(sequences["test"])
+    if both:
+        raise ValueError(f"{reader.root}: sequences in both train and test: {sorted(both)}")
+    return plan, sequences
+
+
+def _split_stats(stage: Path, split: Split) -> dict[str, Any]:
+    files = sorted((stage / split).glob("*.parquet"))
+    return {
+        "files": [f.name for f in files],
+        "frames_written": sum(pq.read_metadata(f).num_rows for f in files),
+        "bytes": sum(f.stat().st_size for f in files),
+    }
+
+
+def ingest(src: Path, out: Path, cfg: DataConfig, *, engine: Literal["ray", "plain"] = "ray",
+           num_cpus: int | None = None, overwrite: bool = False, progress: bool = True
+           ) -> dict[str, Any]:  # fmt: skip
+    """Ingest the Panoptic-layout root ``src`` into ``out``; returns the summary dict.
+
+    ``num_cpus`` caps the parallel readers (and sizes a Ray instance started here; a running
+    Ray instance is used as it is). Raises ValueError/FileNotFoundError naming the file on a
+    bad sequence or an ``out`` that holds a different dataset (unless ``overwrite``).
+    """
+    t0 = time.perf_counter()
+    src, out = Path(src).resolve(), Path(out).resolve()
+    if engine not in ("ray", "plain"):
+        raise ValueError(f"engine must be 'ray' or 'plain', got {engine!r}")
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: source directory not found")
+    identity = _identity(src, cfg)
+    _check_output(out, src, identity, overwrite)
+    plan, sequences = make_plan(PanopticReader(src, cfg, images=True))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        if engine == "ray":
+            rejected = _run_ray(src, stage, cfg, plan, num_cpus, progress)
+        else:
+            rejected = _run_plain(src, stage, cfg, plan, progress)
+        rejected.sort(key=lambda r: (r["sequence"], r["frame"]))
+        summary = _summarize(identity, engine, num_cpus, plan, sequences, stage, rejected, t0)
+        atomic_write_json(stage / "summary.json", summary)
+        _replace_dir(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return summary
+
+
+def _summarize(identity: dict[str, Any], engine: str, num_cpus: int | None, plan: Plan,
+               sequences: dict[Split, list[str]], stage: Path, rejected: list[dict[str, Any]],
+               t0: float) -> dict[str, Any]:  # fmt: skip
+    splits = {}
+    for split in SPLITS:
+        items = set(plan[split])
+        n_rejected = sum(1 for r in rejected if (r["sequence"], r["frame"]) in items)
+        stats = _split_stats(stage, split)
+        per_sequence = Counter(seq for seq, _ in plan[split])
+        splits[split] = {
+            "sequences": sequences[split], "frames_read": len(plan[split]),
+            "frames_read_per_sequence": {q: per_sequence[q] for q in sequences[split]},
+            "frames_rejected": n_rejected, **stats,
+        }  # fmt: skip
+        if stats["frames_written"] + n_rejected != len(plan[split]):
+            raise RuntimeError(f"ingest {split}: {len(plan[split])} frames read but "
+                               f"{stats['frames_written']} written + {n_rejected} rejected")
+    read = sum(len(items) for items in plan.values())
+    written = sum(s["frames_written"] for s in splits.values())
+    n_bytes = sum(s["bytes"] for s in splits.values())
+    wall = time.perf_counter() - t0
+    return {
+        **identity, "engine": engine, "num_cpus": num_cpus,
+        "frames_read": read, "frames_written": written, "frames_rejected": len(rejected),
+        "rejected_by_reason": dict(Counter(r["kind"] for r in rejected)),
+        "rejected": rejected, "splits": splits, "bytes_written": n_bytes,
+        "bytes_per_frame": n_bytes / written if written else 0.0,
+        "frames_per_second": read / wall if wall > 0 else 0.0, "wall_seconds": wall,
+    }  # fmt: skip
+
+
+def _replace_dir(stage: Path, out: Path) -> None:
+    """Move the finished staging directory to ``out``, replacing an earlier run."""
+    if not out.exists():
+        stage.rename(out)
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    out.rename(old)
+    try:
+        stage.rename(out)
+    except BaseException:
+        old.rename(out)  # put the earlier run back rather than leave nothing at ``out``
+        raise
+    shutil.rmtree(old)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short human-readable report of an ingest summary (the CLI prints it)."""
+    lines = [
+        f"ingest {summary['source']} -> {summary.get('out', '')} ({summary['engine']})".rstrip(),
+        f"  frames: {summary['frames_read']} read, {summary['frames_written']} written, "
+        f"{summary['frames_rejected']} rejected",
+    ]
+    for split, s in summary["splits"].items():
+        lines.append(f"  {split}: {len(s['sequences'])} sequences, {s['frames_written']} frames, "
+                     f"{len(s['files'])} files, {s['bytes'] / 1e6:.1f} MB")
+    for kind, n in summary["rejected_by_reason"].items():
+        lines.append(f"  rejected ({kind}): {n}")
+    for r in summary["rejected"][:5]:
+        lines.append(f"    {r['sequence']} frame {r['frame']}: {r['reason']}")
+    if summary["frames_rejected"] > 5:
+        lines.append(f"    ... {summary['frames_rejected'] - 5} more in summary.json")
+    lines.append(f"  {summary['bytes_per_frame'] / 1e3:.1f} kB per frame, "
+                 f"{summary['frames_per_second']:.1f} frames/s, {summary['wall_seconds']:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,295 @@
+"""Voxel grids and the projection layer: multi-view 2D heatmaps -> 3D feature cubes.
+
+Every voxel centre is projected into every view (pinhole + OpenCV distortion, world mm ->
+original image px), moved into heatmap px by the view's 2x3 affine, and the heatmap is
+sampled bilinearly there. A voxel's value is the mean over the views that see it, clamped to
+[0, 1]. A view sees a voxel when the voxel is in front of the camera, projects inside the
+original image, lands inside the heatmap after the affine, and lies inside the radius where the
+lens distortion is still monotonic (beyond it, far-away points fold back into the image).
+
+Pixel convention: the centre of the top-left pixel is (0, 0), so an image of width W covers
+u in [-0.5, W - 0.5]; ``grid_sample(align_corners=True)`` puts pixel centres 0 and w - 1 at the
+normalised coordinates -1 and +1, the same convention.
+
+Grids: ``bins`` voxel centres per axis from ``center - size / 2`` to ``center + size / 2``
+inclusive (VoxelPose's convention), flattened x-major: index = (ix * Y + iy) * Z + iz.
+
+Shape legend: B samples, V views, C channels, (h, w) heatmap px, N points (voxels),
+K proposals, (X, Y, Z) voxels per axis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfpose3d.geometry.camera import project_points, world_to_camera
+
+# Normalised radius^2 up to which the distortion's monotonicity is checked; points beyond it
+# are never used (r = 3 is 72 deg off axis, beyond any camera this lens model describes well).
+_MAX_R2 = 9.0
+_R2_SAMPLES = 512
+
+
+@dataclass
+class CameraBatch:
+    """The calibrated cameras of a batch of multi-view samples; units mm and px.
+
+    ``size`` is each view's original image size (w, h) px, the frame the camera projects into
+    (before the per-view affine that maps it to heatmap px).
+    """
+
+    K: torch.Tensor  # (B, V, 3, 3) intrinsics, px
+    dist: torch.Tensor  # (B, V, 5) k1, k2, p1, p2, k3
+    R: torch.Tensor  # (B, V, 3, 3) world -> camera
+    t: torch.Tensor  # (B, V, 3) world -> camera, mm
+    size: torch.Tensor  # (B, V, 2) original image (w, h), px
+
+    def __post_init__(self) -> None:
+        b, v = self.K.shape[:2]
+        expected = {
+            "K": (b, v, 3, 3),
+            "dist": (b, v, 5),
+            "R": (b, v, 3, 3),
+            "t": (b, v, 3),
+            "size": (b, v, 2),
+        }
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(
+                    f"cameras.{name}: expected shape {shape} (batch, views, ...), "
+                    f"got {tuple(getattr(self, name).shape)}"
+                )
+
+    @classmethod
+    def from_mapping(
+        cls,
+        cameras: Mapping[str, Any],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> CameraBatch:
+        """From a dict with keys K, dist, R, t, size (tensors or arrays, batch dims first)."""
+        names = ("K", "dist", "R", "t", "size")
+        missing = [k for k in names if k not in cameras]
+        if missing:
+            raise ValueError(f"cameras: missing {missing} (need {list(names)})")
+        return cls(**{k: torch.as_tensor(cameras[k], dtype=dtype, device=device) for k in names})
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> CameraBatch:
+        return CameraBatch(
+            K=self.K.to(device, dtype),
+            dist=self.dist.to(device, dtype),
+            R=self.R.to(device, dtype),
+            t=self.t.to(device, dtype),
+            size=self.size.to(device, dtype),
+        )
+
+    def __getitem__(self, index: Any) -> CameraBatch:
+        """Select samples (batch axis) or, with ``[:, views]``, views."""
+        return CameraBatch(
+            K=self.K[index],
+            dist=self.dist[index],
+            R=self.R[index],
+            t=self.t[index],
+            size=self.size[index],
+        )
+
+    @classmethod
+    def cat(cls, batches: Sequence[CameraBatch]) -> CameraBatch:
+        """Concatenate along the batch axis (e.g. two augmented versions in one call)."""
+        names = ("K", "dist", "R", "t", "size")
+        return cls(**{k: torch.cat([getattr(c, k) for c in batches]) for k in names})
+
+    @property
+    def batch_size(self) -> int:
+        return self.K.shape[0]
+
+    @property
+    def num_views(self) -> int:
+        return self.K.shape[1]
+
+    def sample_keys(self) -> list[str]:
+        """One hash per sample of all its views' calibration (the projection cache's key)."""
+        arrays = [
+            a.detach().to("cpu", torch.float64).numpy()
+            for a in (self.K, self.dist, self.R, self.t, self.size)
+        ]
+        keys = []
+        for b in range(self.batch_size):
+            h = hashlib.blake2b(digest_size=16)
+            for a in arrays:
+                h.update(np.ascontiguousarray(a[b]).tobytes())
+            keys.append(h.hexdigest())
+        return keys
+
+
+def voxel_axes(
+    center: Sequence[float],
+    size: Sequence[float],
+    bins: Sequence[int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, ...]:
+    """Voxel-centre coordinates along x, y, z: three tensors (X,), (Y,), (Z,) in mm."""
+    return tuple(
+        torch.linspace(c - s / 2, c + s / 2, n, device=device, dtype=dtype)
+        for c, s, n in zip(center, size, bins, strict=True)
+    )
+
+
+def voxel_grid(
+    center: Sequence[float],
+    size: Sequence[float],
+    bins: Sequence[int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """(X*Y*Z, 3) voxel centres in mm, x-major (reshape to (X, Y, Z, 3) to index them)."""
+    axes = voxel_axes(center, size, bins, device, dtype)
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def _max_monotonic_r2(dist: torch.Tensor) -> torch.Tensor:
+    """(..., 5) -> (...,) the r^2 (normalised coordinates) up to which the radial distortion
+    r * (1 + k1 r^2 + k2 r^4 + k3 r^6) increases with r; ``_MAX_R2`` if it does so throughout."""
+    s = torch.linspace(0, _MAX_R2, _R2_SAMPLES, device=dist.device, dtype=dist.dtype)
+    k1, k2, k3 = dist[..., 0:1], dist[..., 1:2], dist[..., 4:5]
+    bad = 1 + s * (3 * k1 + s * (5 * k2 + s * 7 * k3)) <= 0  # d r_d / d r <= 0, (..., S)
+    return torch.where(bad.any(-1), s[bad.int().argmax(-1)], s.new_tensor(_MAX_R2))
+
+
+def project_to_views(
+    points: torch.Tensor, cameras: CameraBatch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project world points into every view of their sample.
+
+    points: (B, N, 3) world mm. Returns uv (B, V, N, 2) original image px and a mask
+    (B, V, N) bool: in front of the camera, inside the image, inside the distortion's
+    monotonic radius.
+    """
+    p = points[:, None]  # (B, 1, N, 3), broadcast over views
+    uv = project_points(p, cameras.K, cameras.dist, cameras.R, cameras.t)  # (B, V, N, 2)
+    cam = world_to_camera(p, cameras.R, cameras.t)  # (B, V, N, 3)
+    z = cam[..., 2]
+    r2 = (cam[..., :2] / z.clamp(min=1e-6)[..., None]).square().sum(-1)
+    size = cameras.size[:, :, None, :]  # (B, V, 1, 2)
+    inside = ((uv >= -0.5) & (uv <= size - 0.5)).all(-1)
+    valid = (z > 0) & inside & (r2 < _max_monotonic_r2(cameras.dist)[..., None])
+    return uv, valid
+
+
+def to_heatmap_grid(
+    uv: torch.Tensor, valid: torch.Tensor, affines: torch.Tensor, heatmap_size: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Original px -> ``grid_sample`` coordinates in [-1, 1] of the heatmaps.
+
+    uv (B, V, N, 2) px, valid (B, V, N), affines (B, V, 2, 3) original px -> heatmap px,
+    heatmap_size (w, h). Returns grid (B, V, N, 2) and the mask restricted to points that land
+    inside the heatmap. Masked-out points get grid 0 so no inf/NaN reaches the sampler.
+    """
+    hm = uv @ affines[..., :2].transpose(-1, -2) + affines[..., None, :, 2]  # (B, V, N, 2)
+    wh = hm.new_tensor([float(heatmap_size[0]), float(heatmap_size[1])])
+    valid = valid & ((hm >= -0.5) & (hm <= wh - 0.5)).all(-1)
+    grid = hm * (2.0 / (wh - 1)) - 1.0
+    return torch.where(valid[..., None], grid, torch.zeros_like(grid)), valid
+
+
+def sample_views(heatmaps: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples averaged over the views that see each point, clamped to [0, 1].
+
+    heatmaps (B, V, C, h, w), grid (B, V, N, 2) in [-1, 1], valid (B, V, N) -> (B, C, N).
+    Points seen by no view get 0. Differentiable w.r.t. the heatmaps.
+    """
+    b, v, c, h, w = heatmaps.shape
+    n = grid.shape[2]
+    samples = F.grid_sample(
+        heatmaps.reshape(b * v, c, h, w),
+        grid.reshape(b * v, 1, n, 2),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )
+    weight = valid.to(heatmaps.dtype)[:, :, None]  # (B, V, 1, N)
+    # A broadcast multiply + sum is ~2.5x faster than the equivalent einsum (bmm) on CPU.
+    total = (samples.reshape(b, v, c, n) * weight).sum(1)  # (B, C, N)
+    return (total / weight.sum(1).clamp(min=1.0)).clamp(0.0, 1.0)
+
+
+def sample_points(
+    heatmaps: torch.Tensor, points: torch.Tensor, cameras: CameraBatch, affines: torch.Tensor
+) -> torch.Tensor:
+    """heatmaps (B, V, C, h, w), points (B, N, 3) mm, affines (B, V, 2, 3) -> (B, C, N)."""
+    uv, valid = project_to_views(points, cameras)
+    grid, valid = to_heatmap_grid(uv, valid, affines, (heatmaps.shape[-1], heatmaps.shape[-2]))
+    return sample_views(heatmaps, grid, valid)
+
+
+class SpaceProjector(nn.Module):
+    """Fills the whole-space voxel grid from multi-view heatmaps, caching camera projections.
+
+    Projecting every voxel into every camera is the expensive part and depends only on the
+    cameras, which are fixed for a recording: the projected pixels and masks are kept in a
+    small LRU cache keyed by a hash of each sample's calibration. The affines (augmentation)
+    are applied after the cache, so augmented views hit it too.
+    """
+
+    def __init__(
+        self,
+        center: Sequence[float],
+        size: Sequence[float],
+        bins: Sequence[int],
+        cache_size: int = 16,
+    ) -> None:
+        super().__init__()
+        self.bins = tuple(int(b) for b in bins)
+        self.register_buffer("points", voxel_grid(center, size, bins), persistent=False)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def project(self, cameras: CameraBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """uv (B, V, N, 2) original px and mask (B, V, N) of all voxel centres."""
+        cameras = cameras.to(self.points.device, self.points.dtype)
+        if self.cache_size == 0:
+            return project_to_views(self.points.expand(cameras.batch_size, -1, -1), cameras)
+        keys = [(k, str(self.points.device), self.points.dtype) for k in cameras.sample_keys()]
+        missing = [b for b, k in enumerate(keys) if k not in self._cache]
+        self.cache_hits += cameras.batch_size - len(missing)
+        self.cache_misses += len(missing)
+        fresh: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        if missing:  # one batched projection for every sample not in the cache
+            idx = torch.tensor(missing, device=self.points.device)
+            uv, valid = project_to_views(self.points.expand(len(missing), -1, -1), cameras[idx])
+            fresh = {keys[b]: (uv[i], valid[i]) for i, b in enumerate(missing)}
+        entries = [fresh.get(k) or self._cache[k] for k in keys]
+        for k in keys:  # refresh recency, insert new entries, evict the oldest
+            if k in fresh:
+                self._cache[k] = fresh[k]
+            self._cache.move_to_end(k)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return torch.stack([e[0] for e in entries]), torch.stack([e[1] for e in entries])
+
+    def forward(
+        self, heatmaps: torch.Tensor, cameras: CameraBatch, affines: torch.Tensor
+    ) -> torch.Tensor:
+        """heatmaps (B, V, C, h, w), affines (B, V, 2, 3) -> cube (B, C, X, Y, Z) in [0, 1]."""
+        uv, valid = self.project(cameras)
+        size = (heatmaps.shape[-1], heatmaps.shape[-2])
+        grid, valid = to_heatmap_grid(uv, valid, affines.to(uv.dtype), size)
+        cube = sample_views(heatmaps, grid, valid)
+        return cube.reshape(*cube.shape[:2], *self.bins)

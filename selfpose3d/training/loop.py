@@ -1,0 +1,123 @@
+"""The training loop of one stage: plain PyTorch over an iterable of batches.
+
+``train_stage`` runs the epochs of a stage: per step it seeds torch's generator from (run
+seed, stage, step) so that a resumed run draws exactly what an uninterrupted one would, calls
+the stage's step function, backpropagates ``"loss"``, clips the gradient norm, steps Adam and
+hands the step's metrics to ``report``. The learning rate follows a per-epoch MultiStepLR.
+Checkpoints are written every ``checkpoint_every`` steps and at the end of every epoch.
+
+Batches come from ``batches(epoch, skip)``: the batches of ``epoch`` without its first
+``skip`` ones (those a resumed checkpoint has already trained on). A distributed wrapper
+supplies its own shard here; nothing in this file knows about processes or devices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from selfpose3d.data.batches import Batch
+from selfpose3d.models.model import SelfPose3dModel
+from selfpose3d.training.checkpoint import CheckpointManager
+from selfpose3d.training.config import Stage, TrainConfig
+from selfpose3d.training.schedule import build_optimizer, derive_seed, set_trainable
+from selfpose3d.training.steps import STAGES
+
+Report = Callable[[dict[str, float]], None]
+BatchSource = Callable[[int, int], Iterable[Batch]]  # (epoch, batches to skip) -> batches
+
+
+@dataclass
+class Position:
+    """Where a stage is: epochs completed, optimiser steps taken, steps into the epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    step_in_epoch: int = 0
+
+
+def train_stage(
+    model: SelfPose3dModel,
+    stage: Stage,
+    cfg: TrainConfig,
+    batches: BatchSource,
+    *,
+    report: Report | None = None,
+    checkpoints: CheckpointManager | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+    resume: dict[str, Any] | None = None,
+    steps_per_epoch: int | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train ``stage`` for its configured epochs; returns the metrics of the last step.
+
+    resume: a checkpoint of this stage (its model weights already loaded) to continue from.
+    checkpoint_extra: entries stored in every checkpoint (signature, config, stages done).
+    """
+    spec = STAGES[stage]
+    stage_cfg = cfg.stage(stage)
+    modules = spec.modules(model, cfg)
+    set_trainable(model, modules)
+    optimizer, scheduler = build_optimizer(modules, stage_cfg)
+    params = [p for m in modules for p in m.parameters()]
+    pos = Position()
+    if resume is not None:
+        if resume["stage"] != stage:
+            raise ValueError(f"cannot resume stage {stage!r} from a {resume['stage']!r} checkpoint")
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        pos = Position(resume["epoch"], resume["step"], resume["step_in_epoch"])
+
+    def save(done: bool) -> None:
+        if checkpoints is not None:
+            checkpoints.save({
+                **(checkpoint_extra or {}), "stage": stage, "stage_done": done,
+                "epoch": pos.epoch, "step": pos.step, "step_in_epoch": pos.step_in_epoch,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+            })  # fmt: skip
+
+    last: dict[str, float] = {}
+    for epoch in range(pos.epoch, stage_cfg.epochs):
+        set_trainable(model, modules)  # an evaluation in between may have changed the modes
+        bar = tqdm(total=steps_per_epoch, initial=pos.step_in_epoch, leave=False,
+                   desc=f"{stage} {epoch + 1}/{stage_cfg.epochs}", disable=not progress)
+        for batch in batches(epoch, pos.step_in_epoch):
+            torch.manual_seed(derive_seed(cfg.seed, stage, pos.step))
+            t0 = time.perf_counter()
+            out = spec.step(model, batch if spec.uses_gt else batch.without_gt(), cfg, epoch)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                parts = {k: float(v) for k, v in out.items()}
+                raise FloatingPointError(f"stage {stage}, epoch {epoch}, step {pos.step}: the "
+                                         f"loss is not finite ({parts}; frames {batch.keys})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
+                         if cfg.grad_clip_norm > 0 else None)  # fmt: skip
+            optimizer.step()
+            seconds = time.perf_counter() - t0
+            pos.step += 1
+            pos.step_in_epoch += 1
+            last = {k: float(v.detach()) for k, v in out.items()}
+            last.update(lr=optimizer.param_groups[0]["lr"], epoch=float(epoch),
+                        step=float(pos.step), seconds_per_step=seconds,
+                        samples_per_s=batch.size / seconds)  # fmt: skip
+            if grad_norm is not None:
+                last["grad_norm"] = float(grad_norm)
+            if report is not None:
+                report(last)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.4g}")
+            if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+                save(done=False)
+        bar.close()
+        scheduler.step()
+        pos.epoch, pos.step_in_epoch = epoch + 1, 0
+        save(done=pos.epoch >= stage_cfg.epochs)
+    return last

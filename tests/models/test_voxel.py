@@ -1,0 +1,176 @@
+import pytest
+import torch
+
+from selfpose3d.geometry.camera import project_points
+from selfpose3d.models.heatmaps import render_heatmaps
+from selfpose3d.models.pose_net import soft_argmax
+from selfpose3d.models.voxel import (
+    CameraBatch,
+    SpaceProjector,
+    project_to_views,
+    sample_points,
+    voxel_axes,
+    voxel_grid,
+)
+
+HEATMAP_WH = (80, 60)
+POINT = torch.tensor([340.0, -180.0, 950.0])  # mm, 40/20/-50 mm off the nearest root voxel
+# Small enough for every camera of the rig to see all of it (a voxel seen by a single view
+# takes that view's value, so along a ray it would tie with the true point).
+SPACE = dict(center=[0.0, 0.0, 1000.0], size=[2000.0, 2000.0, 1000.0], bins=[11, 11, 6])
+
+
+def heatmaps_of(
+    points: torch.Tensor, cams: CameraBatch, affines: torch.Tensor, sigma: float = 2.0
+) -> torch.Tensor:
+    """(B, N, 3) mm -> one-channel heatmaps (B, V, 1, h, w) with a Gaussian at each point."""
+    uv = project_points(points[:, None], cams.K, cams.dist, cams.R, cams.t)  # (B, V, N, 2)
+    hm = uv @ affines[..., :2].transpose(-1, -2) + affines[..., None, :, 2]
+    weights = torch.ones(hm.shape[:-1])
+    return render_heatmaps(hm[:, :, :, None], weights[..., None], HEATMAP_WH, sigma)
+
+
+def test_grid_convention():
+    axes = voxel_axes([0.0, 10.0, 20.0], [100.0, 200.0, 300.0], [3, 5, 4])
+    assert axes[0].tolist() == [-50.0, 0.0, 50.0]
+    assert axes[1][0].item() == -90.0 and axes[1][-1].item() == 110.0
+    grid = voxel_grid([0.0, 10.0, 20.0], [100.0, 200.0, 300.0], [3, 5, 4])
+    assert grid.shape == (60, 3)
+    ix, iy, iz = 2, 1, 3  # x-major flattening
+    assert grid[(ix * 5 + iy) * 4 + iz].tolist() == [axes[0][ix], axes[1][iy], axes[2][iz]]
+
+
+def test_root_space_argmax_is_the_voxel_nearest_the_point(rig):
+    cams, affines = rig(3, seed=1)
+    heat = heatmaps_of(POINT[None, None], cams, affines)
+    cube = SpaceProjector(**SPACE)(heat, cams, affines)  # (1, 1, X, Y, Z)
+    assert cube.shape == (1, 1, 11, 11, 6)
+    assert 0 <= cube.min() and cube.max() <= 1
+    grid = voxel_grid(**SPACE)
+    assert project_to_views(grid[None], cams)[1].all()  # every view sees the whole space
+    nearest = (grid - POINT).norm(dim=-1).argmin()
+    assert cube.flatten().argmax() == nearest
+    assert cube.flatten()[nearest] > 0.8
+
+
+def test_pose_cube_soft_argmax_recovers_the_point(rig):
+    cams, affines = rig(3, seed=2)
+    heat = heatmaps_of(POINT[None, None], cams, affines)
+    root = POINT + torch.tensor([120.0, -70.0, 45.0])  # a proposal near, not at, the point
+    offsets = voxel_grid([0.0] * 3, [1000.0] * 3, [21] * 3)  # 50 mm voxels
+    cube = sample_points(heat, (root + offsets)[None], cams, affines)  # (1, 1, N)
+    estimate = root + soft_argmax(cube, offsets, beta=100.0)[0, 0]
+    # Bilinear sampling peaks at pixel centres: expect a bias below half a voxel.
+    assert (estimate - POINT).norm() < 0.5 * 50.0
+
+
+def test_points_seen_by_no_view_are_zero(rig):
+    cams, affines = rig(3, seed=3)
+    heat = torch.full((1, 3, 2, HEATMAP_WH[1], HEATMAP_WH[0]), 0.5)
+    seen = torch.tensor([[[0.0, 0.0, 900.0]]])
+    unseen = torch.tensor([[[0.0, 0.0, 50000.0], [90000.0, 0.0, 0.0]]])  # above / far outside
+    values = sample_points(heat, torch.cat([seen, unseen], 1), cams, affines)  # (1, 2, 3)
+    # The mean over the views that see a point: 0.5 however many they are; 0 for none.
+    assert values[0, :, 0].tolist() == [0.5, 0.5]
+    assert (values[0, :, 1:] == 0).all()
+
+
+def test_points_behind_a_camera_are_not_seen(rig):
+    cams, _ = rig(1, seed=4)
+    centre = -cams.R[0, 0].T @ cams.t[0, 0]
+    forward = cams.R[0, 0, 2]
+    points = torch.stack([centre + 1000 * forward, centre - 1000 * forward])[None]
+    _, valid = project_to_views(points, cams)
+    assert valid[0, 0].tolist() == [True, False]
+
+
+def test_distortion_fold_back_is_masked(rig):
+    cams, _ = rig(1, seed=5, distortion=False)
+    cams.dist[..., 0] = -0.5  # r_d stops increasing at r ~ 0.82
+    R, t = cams.R[0, 0], cams.t[0, 0]
+    # Camera-frame points at normalised radius 0.3 (seen) and 1.5 (folds back near the centre).
+    cam_points = torch.tensor([[300.0, 0.0, 1000.0], [1500.0, 0.0, 1000.0]])
+    world = ((cam_points - t) @ R)[None]
+    uv, valid = project_to_views(world, cams)
+    assert 0 < uv[0, 0, 1, 0] < 320  # the folded point does land inside the image...
+    assert valid[0, 0].tolist() == [True, False]  # ...but is not used
+
+
+def test_view_order_does_not_matter(rig):
+    cams, affines = rig(4, seed=6)
+    points = torch.stack([POINT, POINT + torch.tensor([-900.0, 600.0, 100.0])])[None]
+    heat = heatmaps_of(points, cams, affines)
+    projector = SpaceProjector(**SPACE, cache_size=0)
+    cube = projector(heat, cams, affines)
+    perm = torch.tensor([2, 0, 3, 1])
+    permuted = projector(heat[:, perm], cams[:, perm], affines[:, perm])
+    torch.testing.assert_close(permuted, cube, rtol=0, atol=1e-6)
+
+
+def test_projection_cache_hit_miss_and_invalidation(rig):
+    cams, affines = rig(3, seed=7, batch=2)
+    heat = torch.rand(2, 3, 1, HEATMAP_WH[1], HEATMAP_WH[0])
+    projector = SpaceProjector(**SPACE, cache_size=4)
+    first = projector(heat, cams, affines)
+    assert (projector.cache_hits, projector.cache_misses) == (0, 2)  # same rig twice: 1 entry
+    assert len(projector._cache) == 1
+    again = projector(heat, cams, affines)
+    assert (projector.cache_hits, projector.cache_misses) == (2, 2)
+    assert torch.equal(again, first)
+    uncached = SpaceProjector(**SPACE, cache_size=0)(heat, cams, affines)
+    assert torch.equal(uncached, first)
+
+    other, _ = rig(3, seed=8, batch=2)  # different cameras: recomputed, different cube
+    moved = projector(heat, other, affines)
+    assert projector.cache_misses == 4
+    assert not torch.allclose(moved, first)
+    torch.testing.assert_close(moved, SpaceProjector(**SPACE, cache_size=0)(heat, other, affines))
+
+    # A new affine (augmentation) reuses the cached projection but changes the cube.
+    shifted = affines.clone()
+    shifted[..., 0, 2] += 3.0
+    hits = projector.cache_hits
+    aug = projector(heat, cams, shifted)
+    assert projector.cache_hits == hits + 2
+    torch.testing.assert_close(aug, SpaceProjector(**SPACE, cache_size=0)(heat, cams, shifted))
+    assert not torch.allclose(aug, first)
+
+
+def test_cache_is_bounded(rig):
+    projector = SpaceProjector(**SPACE, cache_size=2)
+    heat = torch.rand(1, 2, 1, HEATMAP_WH[1], HEATMAP_WH[0])
+    for seed in range(4):
+        cams, affines = rig(2, seed=seed)
+        projector(heat, cams, affines)
+    assert len(projector._cache) == 2
+
+
+def test_gradient_flows_to_the_heatmaps(rig):
+    cams, affines = rig(3, seed=9)
+    heat = heatmaps_of(POINT[None, None], cams, affines).mul(0.9).requires_grad_(True)
+    offsets = voxel_grid([0.0] * 3, [800.0] * 3, [8] * 3)
+    cube = sample_points(heat, (POINT + offsets)[None], cams, affines)
+    cube.sum().backward()
+    assert heat.grad.abs().sum() > 0
+
+
+def test_camera_batch_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match=r"cameras\.t: expected shape \(1, 2, 3\)"):
+        CameraBatch(
+            K=torch.zeros(1, 2, 3, 3),
+            dist=torch.zeros(1, 2, 5),
+            R=torch.zeros(1, 2, 3, 3),
+            t=torch.zeros(2, 3),
+            size=torch.zeros(1, 2, 2),
+        )
+    with pytest.raises(ValueError, match="missing"):
+        CameraBatch.from_mapping({"K": torch.zeros(1, 1, 3, 3)})
+
+
+def test_camera_batch_indexing_and_concatenation(rig):
+    cams, _ = rig(3, seed=10, batch=2)
+    both = CameraBatch.cat([cams, cams[:1]])
+    assert both.batch_size == 3 and both.num_views == 3
+    assert torch.equal(both.R[2], cams.R[0])
+    assert cams[:, [2, 0]].num_views == 2
+    assert both.sample_keys()[2] == cams.sample_keys()[0] != cams[:, [1, 0, 2]].sample_keys()[0]
