@@ -4,8 +4,9 @@ Output (``out/``): ``train/*.parquet`` and ``test/*.parquet`` (split by sequence
 multi-view frame, schema in ``selfpose3d/data/schema.py``) and ``summary.json`` (frames read,
 written and rejected with the reason for each rejection, sizes, throughput, source, config).
 
-Two engines produce the same rows: ``ray`` reads and encodes frames in parallel with Ray Data
-and writes with ``write_parquet``; ``plain`` does the same in one process, for debugging.
+Two engines produce the same files: ``ray`` runs a Ray Data job over shards (each task reads
+and encodes one shard's frames and writes that shard's Parquet file, so image bytes never
+cross the object store); ``plain`` runs the same shard function in one process, for debugging.
 A frame that cannot be read is reported in the summary and never written, and never stops
 the job; a problem with a whole sequence (calibration, camera selection) stops it before
 anything is written. The output appears atomically: everything is written into a staging
@@ -18,9 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
-import math
+import logging
 import shutil
 import time
 import uuid
@@ -28,18 +28,17 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from selfpose3d.data.config import DataConfig
 from selfpose3d.data.panoptic import MultiViewFrame, PanopticReader, Split
-from selfpose3d.data.schema import ARROW_SCHEMA, SCHEMA_VERSION, frames_to_table
+from selfpose3d.data.schema import SCHEMA_VERSION, frames_to_table
 from selfpose3d.io import atomic_write_json
 
 SPLITS: tuple[Split, ...] = ("train", "test")
-FRAMES_PER_TASK = 8  # work items per Ray map batch: enough to amortise task overhead
 Plan = dict[Split, list[tuple[str, int]]]  # split -> [(sequence, frame)]
 
 
@@ -69,129 +68,92 @@ def read_items(root: str, cfg_json: str, run_id: str, sequences: list[str], fram
     return frames_to_table(good), rejected
 
 
-def _read_batch_ray(batch: pa.Table, *, root: str, cfg_json: str, run_id: str, log: Any
-                    ) -> pa.Table:  # fmt: skip
-    """Ray map_batches body: rejections go to the log actor, good rows flow on to the write."""
-    import ray
+class Shard(TypedDict):
+    """One output file's worth of work: consecutive (sequence, frame) items of one split."""
 
-    table, rejected = read_items(root, cfg_json, run_id, batch["sequence"].to_pylist(),
-                                 batch["frame"].to_pylist())  # fmt: skip
-    if rejected:
-        ray.get(log.add.remote(rejected))
-    return table
+    split: str
+    index: int
+    sequences: list[str]
+    frames: list[int]
 
 
-def _rejection_log_class() -> Any:
-    import ray
+def make_shards(plan: Plan, rows_per_shard: int) -> list[Shard]:
+    return [
+        Shard(split=split, index=i // rows_per_shard,
+              sequences=[s for s, _ in items[i : i + rows_per_shard]],
+              frames=[f for _, f in items[i : i + rows_per_shard]])
+        for split, items in plan.items()
+        for i in range(0, len(items), rows_per_shard)
+    ]  # fmt: skip
 
-    @ray.remote(num_cpus=0)
-    class RejectionLog:
-        """Collects rejections from the map tasks; keyed by frame so task retries don't
-        count a frame twice."""
 
-        def __init__(self) -> None:
-            self.records: dict[tuple[str, int], dict[str, Any]] = {}
+def ingest_shard(shard: Shard, *, root: str, cfg_json: str, stage: str) -> dict[str, Any]:
+    """Read one shard's frames and write its Parquet file; returns its counts and rejections.
 
-        def add(self, records: list[dict[str, Any]]) -> None:
-            for r in records:
-                self.records[(r["sequence"], r["frame"])] = r
-
-        def get(self) -> list[dict[str, Any]]:
-            return list(self.records.values())
-
-    return RejectionLog
+    The file name depends only on the shard, and it is written atomically, so a retried task
+    rewrites the same file and both engines produce identical outputs. Rejections travel
+    back in the (small) result, never through a side channel that a retry could duplicate.
+    """
+    table, rejected = read_items(root, cfg_json, stage, shard["sequences"], shard["frames"])
+    if table.num_rows:
+        path = Path(stage) / shard["split"] / f"part-{shard['index']:05d}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+    return {"split": shard["split"], "index": shard["index"], "rows": table.num_rows,
+            "rejected": json.dumps(rejected)}  # fmt: skip
 
 
 # -- engines --------------------------------------------------------------------------------
 
 
-def _write_shards(tables: Iterator[pa.Table], folder: Path, rows_per_shard: int) -> None:
-    """Write a stream of tables as part-00000.parquet, ... of ``rows_per_shard`` rows each
-    (the last one may be shorter)."""
-    folder.mkdir(parents=True)
-    pending, shard = ARROW_SCHEMA.empty_table(), 0
-    for table in itertools.chain(tables, [None]):  # None marks the end: flush the rest
-        if table is not None:
-            pending = pa.concat_tables([pending, table])
-        while pending.num_rows >= rows_per_shard or (table is None and pending.num_rows):
-            pq.write_table(pending.slice(0, rows_per_shard), folder / f"part-{shard:05d}.parquet")
-            pending, shard = pending.slice(rows_per_shard), shard + 1
-
-
-def _run_plain(src: Path, stage: Path, cfg: DataConfig, plan: Plan, progress: bool
+def _run_plain(src: Path, stage: Path, cfg_json: str, shards: list[Shard], progress: bool
                ) -> list[dict[str, Any]]:  # fmt: skip
     from tqdm import tqdm
 
-    cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
-    rejected: list[dict[str, Any]] = []
-
-    def read_split(split: Split, items: list[tuple[str, int]]) -> Iterator[pa.Table]:
-        for start in tqdm(range(0, len(items), FRAMES_PER_TASK), desc=f"ingest {split}",
-                          unit="batch", disable=not progress):  # fmt: skip
-            chunk = items[start : start + FRAMES_PER_TASK]
-            table, rej = read_items(str(src), cfg_json, stage.name, [s for s, _ in chunk],
-                                    [f for _, f in chunk])  # fmt: skip
-            rejected.extend(rej)
-            yield table
-
-    for split, items in plan.items():
-        _write_shards(read_split(split, items), stage / split, cfg.rows_per_shard)
-    return rejected
+    return [ingest_shard(shard, root=str(src), cfg_json=cfg_json, stage=str(stage))
+            for shard in tqdm(shards, desc="ingest", unit="shard", disable=not progress)]
 
 
 @contextmanager
 def _ray_session(num_cpus: int | None) -> Iterator[Any]:
     """Use the running Ray instance, or start one (and stop only that one)."""
     import ray
+    import ray.data  # noqa: F401  (configures its loggers on import; adjust them after)
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    # Ray Data logs every operator's state at INFO; the summary says what a user needs.
+    data_logger = logging.getLogger("ray.data")
+    saved_level = data_logger.level
+    data_logger.setLevel(logging.WARNING)
     try:
         yield ray
     finally:
+        data_logger.setLevel(saved_level)
         if started:
             ray.shutdown()
 
 
-def _run_ray(src: Path, stage: Path, cfg: DataConfig, plan: Plan, num_cpus: int | None,
+def _run_ray(src: Path, stage: Path, cfg_json: str, shards: list[Shard], num_cpus: int | None,
              progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """A Ray Data job over shards: each task reads its frames and writes its own file, so the
+    image bytes never cross the object store."""
     with _ray_session(num_cpus) as ray:
-        from ray.data import DataContext, TaskPoolStrategy
+        from ray.data import DataContext
 
         workers = num_cpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
-        log = _rejection_log_class().remote()
         ctx = DataContext.get_current()
-        saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
-        # Keep frames in plan order so that shards hold consecutive frames and a re-run
-        # writes the same shards.
-        ctx.execution_options.preserve_order = True
+        saved = ctx.enable_progress_bars
         ctx.enable_progress_bars = progress
         try:
-            for split, items in plan.items():
-                if not items:
-                    (stage / split).mkdir(parents=True)
-                    continue
-                # At most FRAMES_PER_TASK frames per block, and at least one block per worker.
-                blocks = min(len(items), max(math.ceil(len(items) / FRAMES_PER_TASK), workers))
-                ds = ray.data.from_items([{"sequence": s, "frame": f} for s, f in items],
-                                         override_num_blocks=blocks)  # fmt: skip
-                ds = ds.map_batches(
-                    _read_batch_ray, batch_size=FRAMES_PER_TASK, batch_format="pyarrow",
-                    fn_kwargs={"root": str(src), "cfg_json": cfg_json, "run_id": stage.name,
-                               "log": log},
-                    compute=TaskPoolStrategy(size=workers), num_cpus=1,
-                )  # fmt: skip
-                # The explicit schema keeps every column a plain Arrow type (no tensor
-                # extension types) and carries the schema version into each file.
-                ds.write_parquet(str(stage / split), min_rows_per_file=cfg.rows_per_shard,
-                                 max_rows_per_file=cfg.rows_per_shard, schema=ARROW_SCHEMA)
-                (stage / split).mkdir(parents=True, exist_ok=True)
-            return ray.get(log.get.remote())
+            ds = ray.data.from_items(shards, override_num_blocks=len(shards))
+            ds = ds.map(ingest_shard, num_cpus=1, concurrency=min(workers, len(shards)),
+                        fn_kwargs={"root": str(src), "cfg_json": cfg_json, "stage": str(stage)})
+            return ds.take_all()
         finally:
-            ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
-            ray.kill(log)
+            ctx.enable_progress_bars = saved
 
 
 # -- the job --------------------------------------------------------------------------------
@@ -277,10 +239,15 @@ def ingest(src: Path, out: Path, cfg: DataConfig, *, engine: Literal["ray", "pla
     stage = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
     stage.mkdir()
     try:
+        for split in SPLITS:
+            (stage / split).mkdir()
+        shards = make_shards(plan, cfg.rows_per_shard)
+        cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
         if engine == "ray":
-            rejected = _run_ray(src, stage, cfg, plan, num_cpus, progress)
+            results = _run_ray(src, stage, cfg_json, shards, num_cpus, progress)
         else:
-            rejected = _run_plain(src, stage, cfg, plan, progress)
+            results = _run_plain(src, stage, cfg_json, shards, progress)
+        rejected = [r for res in results for r in json.loads(res["rejected"])]
         rejected.sort(key=lambda r: (r["sequence"], r["frame"]))
         summary = _summarize(identity, engine, num_cpus, plan, sequences, stage, rejected, t0)
         atomic_write_json(stage / "summary.json", summary)
@@ -340,7 +307,7 @@ def _replace_dir(stage: Path, out: Path) -> None:
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable report of an ingest summary (the CLI prints it)."""
     lines = [
-        f"ingest {summary['source']} -> {summary.get('out', '')} ({summary['engine']})".rstrip(),
+        f"ingest of {summary['source']} ({summary['engine']} engine)",
         f"  frames: {summary['frames_read']} read, {summary['frames_written']} written, "
         f"{summary['frames_rejected']} rejected",
     ]

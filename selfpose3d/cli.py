@@ -81,6 +81,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if not args.json:
+        print(f"wrote {args.out} (summary.json, train/, test/)")
     return 0
 
 

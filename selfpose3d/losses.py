@@ -33,9 +33,7 @@ def root_cube_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).square().mean()
 
 
-def root_consistency_loss(
-    cubes: Sequence[torch.Tensor], reference: torch.Tensor
-) -> torch.Tensor:
+def root_consistency_loss(cubes: Sequence[torch.Tensor], reference: torch.Tensor) -> torch.Tensor:
     """Sum over the augmented versions of MSE(cube, reference), the reference (the cube of the
     un-augmented views) detached: each (B, X, Y, Z) -> ()."""
     ref = reference.detach()
@@ -164,9 +162,7 @@ def match_to_gt(
     return best <= radius, index
 
 
-def pose_l1(
-    pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor
-) -> torch.Tensor:
+def pose_l1(pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """Mean |pred - target| (mm) over the visible joints: (N, J, 3), (N, J, 3), (N, J) -> ().
 
     0 (with a zero gradient) when nothing is visible.

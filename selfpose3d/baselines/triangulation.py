@@ -72,7 +72,7 @@ class TriangulationConfig:
     fill_missing: bool = True  # place untriangulable joints at a skeleton neighbour, not NaN
     space_center: list[float] = field(default_factory=lambda: list(_DEFAULT_SPACE.space_center))
     space_size: list[float] = field(default_factory=lambda: list(_DEFAULT_SPACE.space_size))
-    body_scale_range: list[float] = field(default_factory=lambda: [0.5, 1.6])  # x adult template
+    body_scale_range: list[float] = field(default_factory=lambda: [0.4, 2.0])  # x adult template
     nms_mm: float = 300.0  # a person whose root is this close to a better one's is a duplicate
 
     def __post_init__(self) -> None:
@@ -317,13 +317,14 @@ def triangulate_frame(frame: MultiViewFrame, cfg: TriangulationConfig
     w2 = (conf[idx] * present[..., None]).transpose(0, 2, 1)
     poses = _robust_dlt(xy_g, w1, R, t, cfg.inlier_mm)
     if cfg.handle_swaps:
-        perm = LABELINGS[_relabel(poses, xy_g, w1, R, t, 2 * cfg.inlier_mm)]  # (G, V, J)
-        perm = perm.transpose(0, 2, 1)  # (G, J, V): joint j of view v reads joint perm
+        labels = _relabel(poses, xy_g, w1, R, t, 2 * cfg.inlier_mm)  # (G, V)
+        perm = LABELINGS[labels].transpose(0, 2, 1)  # (G, J, V): joint j of view v reads perm
         xy_g = np.take_along_axis(xy_g, perm[..., None], 1)
         w1, w2 = (np.take_along_axis(a, perm, 1) for a in (w1, w2))
-        poses = _robust_dlt(xy_g, w1, R, t, cfg.inlier_mm)
-    retry = _robust_dlt(xy_g, w2, R, t, cfg.inlier_mm)
-    poses = np.where(np.isnan(poses), retry, poses)
+        again = (labels > 0).any(-1)
+        poses[again] = _robust_dlt(xy_g[again], w1[again], R, t, cfg.inlier_mm)
+    missing = np.isnan(poses).any(-1)  # (G, J): retry with every view that has the joint
+    poses[missing] = _robust_dlt(xy_g[missing], w2[missing], R, t, cfg.inlier_mm)
     if cfg.fill_missing:
         poses = _fill_missing(poses)
     # Mean confidence of the group's detections x the share of the rig's views they cover.
@@ -367,7 +368,12 @@ def evaluate_triangulation(data_dir: Path | str, split: str = "test",
                            cfg: TriangulationConfig | None = None) -> dict[str, float]:  # fmt: skip
     """Panoptic metrics (:func:`~selfpose3d.evaluation.evaluate_panoptic`) of the baseline on
     ``data_dir/split`` of an ingested dataset, plus ``num_frames`` and ``seconds`` (the
-    triangulation time, reading excluded)."""
+    triangulation time, reading excluded).
+
+    ``cfg``'s capture space should be the one the GT was annotated in (a synthetic dataset's
+    ``manifest.json`` holds it): people standing outside it appear in the pseudo labels but
+    not in the GT, and a larger space lets them through as false positives.
+    """
     folder = Path(data_dir) / split
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no '{split}' split in the dataset {data_dir}")

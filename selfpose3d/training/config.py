@@ -110,6 +110,7 @@ class TrainConfig:
 
     grad_clip_norm: float = 10.0  # max global gradient norm; 0 = no clipping
     max_steps_per_epoch: int = 0  # 0 = the whole training split every epoch (budgets, tests)
+    log_every: int = 1  # report metrics every n steps (and at the last step of an epoch)
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
     keep_checkpoints: int = 2  # newest checkpoint files kept (older ones are deleted)
     image_cache_mb: int = 512  # decoded images kept in memory between epochs
@@ -135,8 +136,8 @@ class TrainConfig:
         for name in ("num_threads", "max_steps_per_epoch", "checkpoint_every", "image_cache_mb"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if self.keep_checkpoints < 1:
-            raise ValueError("train.keep_checkpoints must be >= 1")
+        if self.keep_checkpoints < 1 or self.log_every < 1:
+            raise ValueError("train.keep_checkpoints and train.log_every must be >= 1")
 
     def stage(self, name: Stage) -> StageConfig:
         if name not in STAGES:

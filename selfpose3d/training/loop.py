@@ -3,8 +3,9 @@
 ``train_stage`` runs the epochs of a stage: per step it seeds torch's generator from (run
 seed, stage, step) so that a resumed run draws exactly what an uninterrupted one would, calls
 the stage's step function, backpropagates ``"loss"``, clips the gradient norm, steps Adam and
-hands the step's metrics to ``report``. The learning rate follows a per-epoch MultiStepLR.
-Checkpoints are written every ``checkpoint_every`` steps and at the end of every epoch.
+hands the step's metrics to ``report`` every ``log_every`` steps. The learning rate follows a
+per-epoch MultiStepLR. Checkpoints are written every ``checkpoint_every`` steps and at the end
+of every epoch.
 
 Batches come from ``batches(epoch, skip)``: the batches of ``epoch`` without its first
 ``skip`` ones (those a resumed checkpoint has already trained on). A distributed wrapper
@@ -85,17 +86,28 @@ def train_stage(
     last: dict[str, float] = {}
     for epoch in range(pos.epoch, stage_cfg.epochs):
         set_trainable(model, modules)  # an evaluation in between may have changed the modes
-        bar = tqdm(total=steps_per_epoch, initial=pos.step_in_epoch, leave=False,
-                   desc=f"{stage} {epoch + 1}/{stage_cfg.epochs}", disable=not progress)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=pos.step_in_epoch,
+            leave=False,
+            desc=f"{stage} {epoch + 1}/{stage_cfg.epochs}",
+            disable=not progress,
+        )
         for batch in batches(epoch, pos.step_in_epoch):
             torch.manual_seed(derive_seed(cfg.seed, stage, pos.step))
             t0 = time.perf_counter()
             out = spec.step(model, batch if spec.uses_gt else batch.without_gt(), cfg, epoch)
             loss = out["loss"]
             if not torch.isfinite(loss):
-                parts = {k: float(v) for k, v in out.items()}
-                raise FloatingPointError(f"stage {stage}, epoch {epoch}, step {pos.step}: the "
-                                         f"loss is not finite ({parts}; frames {batch.keys})")
+                parts = {k: float(v.detach()) for k, v in out.items()}
+                raise FloatingPointError(
+                    f"stage {stage}, epoch {epoch}, step {pos.step}: the "
+                    f"loss is not finite ({parts}; frames {batch.keys})"
+                )
+            if not loss.requires_grad:
+                # Nothing to learn from this batch (e.g. no proposals): a zero loss tied to the
+                # parameters keeps the backward pass (and a distributed all-reduce) uniform.
+                loss = loss + sum(p.sum() for p in params) * 0.0
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
@@ -110,7 +122,8 @@ def train_stage(
                         samples_per_s=batch.size / seconds)  # fmt: skip
             if grad_norm is not None:
                 last["grad_norm"] = float(grad_norm)
-            if report is not None:
+            end_of_epoch = steps_per_epoch is not None and pos.step_in_epoch == steps_per_epoch
+            if report is not None and (pos.step % cfg.log_every == 0 or end_of_epoch):
                 report(last)
             bar.update(1)
             bar.set_postfix(loss=f"{last['loss']:.4g}")

@@ -147,8 +147,9 @@ def train(
         def batches(epoch: int, skip: int, data=data, spec=spec, bs=stage_cfg.batch_size,
                     stage_id=stage_id):  # fmt: skip
             rng = np.random.default_rng([cfg.train.seed, stage_id, epoch])
-            return iterate_batches(data, bs, rng, spec, skip=skip,
-                                   limit=cfg.train.max_steps_per_epoch, cache=cache)
+            return iterate_batches(
+                data, bs, rng, spec, skip=skip, limit=cfg.train.max_steps_per_epoch, cache=cache
+            )
 
         def stage_report(m: dict[str, float], stage: str = stage) -> None:
             if report is not None:
@@ -184,8 +185,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         latest = CheckpointManager(path).latest_path()
         if latest is not None:
             return latest
-    raise FileNotFoundError(f"{path}: no checkpoint here (expected a .pt file, model.pt, "
-                            f"final/model.pt or a checkpoints directory with {LATEST})")
+    raise FileNotFoundError(
+        f"{path}: no checkpoint here (expected a .pt file, model.pt, "
+        f"final/model.pt or a checkpoints directory with {LATEST})"
+    )
 
 
 def load_trained_model(checkpoint: str | Path) -> tuple[SelfPose3dModel, Config]:

@@ -43,7 +43,7 @@ def sample_roots(
     lo = center - size / 2 + m[:, 0] * size
     hi = center + size / 2 - m[:, 1] * size
     u = torch.rand(batch_size, r, 3)
-    u[..., 2] = u[:, :1, 2]  # one z per sample
+    u[..., 2] = u[:, :1, 2].clone()  # one z per sample
     roots = lo + u * (hi - lo)
     roots[..., 2] += z_jitter * torch.randn(batch_size, r)
     count = torch.randint(1, r + 1, (batch_size, 1))

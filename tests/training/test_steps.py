@@ -1,0 +1,162 @@
+"""The step functions: named losses, which networks they train, GT never read, invariances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from selfpose3d.data.batches import GroundTruth, iterate_batches, make_batch
+from selfpose3d.models.model import build_model
+from selfpose3d.training.loop import train_stage
+from selfpose3d.training.run import load_trained_model, predict_batch, train
+from selfpose3d.training.schedule import set_trainable
+from selfpose3d.training.steps import STAGES, batch_spec
+
+
+def _batch(frames, stage, cfg, n=1, seed=0):
+    return make_batch(frames[:n], batch_spec(stage, cfg.model, cfg.train),
+                      np.random.default_rng(seed))  # fmt: skip
+
+
+def _grads(module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_images_mode_steps_return_named_losses_and_train_their_networks(train_frames,
+                                                                       make_config):  # fmt: skip
+    cfg = make_config()
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    # Every proposal a person: an untrained root_net proposes nobody.
+    torch.nn.init.constant_(model.root_net.v2v.output_layer.bias, 1.0)
+    expected = {
+        "backbone": ({"loss_2d"}, ["heatmap_net_2d"], ["root_net", "pose_net"]),
+        "root": ({"loss_root_syn", "loss_root_consistency"}, ["root_net"],
+                 ["heatmap_net_2d", "pose_net"]),
+        "pose": ({"loss_reproj", "loss_attention", "loss_l1", "loss_2d", "people"},
+                 ["pose_net", "attn_net_2d", "heatmap_net_2d"], ["root_net"]),
+        "supervised": ({"loss_2d", "loss_root", "loss_pose", "matched"},
+                       ["heatmap_net_2d", "root_net"], ["attn_net_2d"]),
+    }  # fmt: skip
+    for stage, (keys, trained, frozen) in expected.items():
+        spec = STAGES[stage]
+        set_trainable(model, spec.modules(model, cfg.train))
+        model.zero_grad(set_to_none=True)
+        batch = _batch(train_frames, stage, cfg)
+        out = spec.step(model, batch if spec.uses_gt else batch.without_gt(), cfg.train, 0)
+        assert set(out) == keys | {"loss"}, stage
+        assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
+        out["loss"].backward()
+        for name in trained:
+            assert _grads(getattr(model, name)), (stage, name)
+        for name in frozen:
+            assert not _grads(getattr(model, name)), (stage, name)
+
+
+def test_only_the_supervised_stage_may_read_ground_truth(train_frames, make_config,
+                                                         trained_root):  # fmt: skip
+    assert [s for s, spec in STAGES.items() if spec.uses_gt] == ["supervised"]
+    cfg = make_config(pseudo=True)
+    model, _ = load_trained_model(trained_root)
+    for stage in ("root", "pose", "finetune"):
+        batch = _batch(train_frames, stage, cfg).without_gt()  # reading GT would raise
+        out = STAGES[stage].step(model, batch, cfg.train, 0)
+        assert torch.isfinite(out["loss"])
+    with pytest.raises(RuntimeError, match="withheld"):
+        STAGES["supervised"].step(model, _batch(train_frames, "supervised", cfg).without_gt(),
+                                  cfg.train, 0)  # fmt: skip
+
+
+def _train_pose(model, frames, cfg, corrupt_gt: bool):
+    spec = batch_spec("pose", cfg.model, cfg.train)
+
+    def batches(epoch, skip):
+        for batch in iterate_batches(frames, 2, np.random.default_rng(epoch), spec, skip=skip,
+                                     limit=3):  # fmt: skip
+            if corrupt_gt:
+                batch.gt = GroundTruth(
+                    poses=torch.full_like(batch.gt.poses, torch.nan),
+                    visible=torch.ones_like(batch.gt.visible),
+                )
+            yield batch
+
+    return train_stage(model, "pose", cfg.train, batches, progress=False)
+
+
+def test_self_supervised_training_is_identical_with_nan_ground_truth(train_frames, make_config,
+                                                                     trained_root):  # fmt: skip
+    cfg = make_config("train.l1_from_epoch=0", pseudo=True)
+    clean, _ = load_trained_model(trained_root)
+    nan, _ = load_trained_model(trained_root)
+    m1 = _train_pose(clean, train_frames, cfg, corrupt_gt=False)
+    m2 = _train_pose(nan, train_frames, cfg, corrupt_gt=True)
+    timing = {"seconds_per_step", "samples_per_s"}
+    assert m1["people"] > 0
+    assert {k: v for k, v in m1.items() if k not in timing} == {
+        k: v for k, v in m2.items() if k not in timing
+    }
+    for (name, a), b in zip(clean.state_dict().items(), nan.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    initial = load_trained_model(trained_root)[0].pose_net.state_dict()
+    assert any(not torch.equal(v, initial[k]) for k, v in clean.pose_net.state_dict().items())
+
+
+def test_permuting_the_cameras_leaves_predictions_unchanged(trained_pose, test_frames,
+                                                           make_config):  # fmt: skip
+    run, _ = trained_pose
+    model, cfg = load_trained_model(run)
+    batch = _batch(test_frames, "supervised", cfg, n=3)  # a3 only, no images needed
+    out = predict_batch(model, batch)
+    assert out.is_person.any()
+    for perm in ([2, 0, 1], [1, 0, 2]):
+        permuted = predict_batch(model, batch.select_views(perm))
+        torch.testing.assert_close(permuted.proposals, out.proposals, atol=1e-3, rtol=0)
+        torch.testing.assert_close(permuted.poses, out.poses, atol=0.01, rtol=0)  # mm
+
+
+def test_the_supervised_baseline_gets_ground_truth_through_the_loop(tmp_path, smoke_data,
+                                                                    make_config):  # fmt: skip
+    cfg = make_config("train.max_steps_per_epoch=2", pseudo=True)
+    rows: list[dict] = []
+    summary = train(cfg, smoke_data, tmp_path / "run", stages=["supervised"],
+                    report=rows.append, progress=False)  # fmt: skip
+    assert summary["stages"] == ["supervised"] and len(rows) == 2
+    assert all(np.isfinite(r["loss_root"]) and "loss_pose" in r for r in rows)
+
+
+def test_a_batch_without_proposals_trains_nothing_but_does_not_fail(train_frames, make_config):
+    cfg = make_config(pseudo=True)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)  # an untrained root_net proposes nobody
+    spec = batch_spec("pose", cfg.model, cfg.train)
+    before = {k: v.clone() for k, v in model.pose_net.state_dict().items()}
+
+    def batches(epoch, skip):
+        return iterate_batches(train_frames, 1, np.random.default_rng(0), spec, limit=2)
+
+    metrics = train_stage(model, "pose", cfg.train, batches, progress=False)
+    assert metrics["people"] == 0 and metrics["loss"] == 0
+    for k, v in model.pose_net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_non_finite_loss_stops_the_stage_naming_the_frames(train_frames, make_config,
+                                                             monkeypatch):  # fmt: skip
+    import dataclasses
+
+    from selfpose3d.training import loop
+
+    cfg = make_config(pseudo=True)
+    model = build_model(cfg.model)
+    nan_step = dataclasses.replace(STAGES["root"], step=lambda m, b, c, e: {
+        "loss": torch.tensor(float("nan"), requires_grad=True)})  # fmt: skip
+    monkeypatch.setitem(loop.STAGES, "root", nan_step)
+    spec = batch_spec("root", cfg.model, cfg.train)
+
+    def batches(epoch, skip):
+        return iterate_batches(train_frames, 1, np.random.default_rng(0), spec, shuffle=False)
+
+    key = f"{train_frames[0].sequence}', {train_frames[0].frame}"
+    with pytest.raises(FloatingPointError, match=f"stage root, epoch 0, step 0: .*{key}"):
+        train_stage(model, "root", cfg.train, batches, progress=False)
