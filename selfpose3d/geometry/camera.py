@@ -15,12 +15,14 @@ Shape legend: V views, N points, ``...`` any leading batch dimensions (broadcast
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import torch
 
-Array: TypeAlias = np.ndarray | torch.Tensor
+if TYPE_CHECKING:
+    import torch
+
+Array: TypeAlias = "np.ndarray | torch.Tensor"
 
 
 @dataclass(kw_only=True)
@@ -121,7 +123,13 @@ def stack_cameras(cameras: list[Camera]) -> dict[str, np.ndarray]:
 
 def array_module(x: Array) -> Any:
     """The array module of ``x``: ``torch`` for tensors, else ``numpy``."""
-    return torch if isinstance(x, torch.Tensor) else np
+    # torch is imported only when a tensor is seen: the NumPy path (readers, ingest
+    # workers) should not pay for loading torch.
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np
 
 
 def world_to_camera(points: Array, R: Array, t: Array) -> Array:
