@@ -141,7 +141,7 @@ def _run_ray(src: Path, stage: Path, cfg_json: str, shards: list[Shard], num_cpu
     """A Ray Data job over shards: each task reads its frames and writes its own file, so the
     image bytes never cross the object store."""
     with _ray_session(num_cpus) as ray:
-        from ray.data import DataContext
+        from ray.data import DataContext, TaskPoolStrategy
 
         workers = num_cpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
         ctx = DataContext.get_current()
@@ -149,7 +149,8 @@ def _run_ray(src: Path, stage: Path, cfg_json: str, shards: list[Shard], num_cpu
         ctx.enable_progress_bars = progress
         try:
             ds = ray.data.from_items(shards, override_num_blocks=len(shards))
-            ds = ds.map(ingest_shard, num_cpus=1, concurrency=min(workers, len(shards)),
+            ds = ds.map(ingest_shard, num_cpus=1,
+                        compute=TaskPoolStrategy(size=min(workers, len(shards))),
                         fn_kwargs={"root": str(src), "cfg_json": cfg_json, "stage": str(stage)})
             return ds.take_all()
         finally:
