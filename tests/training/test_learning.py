@@ -23,6 +23,8 @@ MPJPE_IMPROVEMENT = 0.8
 
 def test_root_net_trained_on_synthetic_roots_finds_the_real_people(trained_root, smoke_data):
     metrics = evaluate(trained_root, smoke_data, split="test")
+    print(f"\nroot_net on synthetic roots: root recall@500 {metrics['root_recall500']:.1f} %, "
+          f"root MPJPE {metrics['root_mpjpe']:.0f} mm")
     assert metrics["root_num_gt"] == 36
     assert metrics["root_recall500"] >= ROOT_RECALL500_FLOOR, metrics
     assert metrics["root_mpjpe"] <= ROOT_MPJPE_CEILING, metrics
@@ -38,6 +40,7 @@ def test_self_supervised_pose_loss_falls_and_mpjpe_improves(trained_root, traine
 
     before = evaluate(trained_root, smoke_data, split="test")
     after = evaluate(run, smoke_data, split="test")
+    print(f"\nself-supervised pose: MPJPE {before['mpjpe']:.0f} mm -> {after['mpjpe']:.0f} mm")
     assert after["mpjpe"] < MPJPE_IMPROVEMENT * before["mpjpe"], (before, after)
     # root_net was frozen: the same proposals, the same root metrics.
     assert after["root_recall500"] == before["root_recall500"]
