@@ -84,10 +84,15 @@ def hungarian_cost(
     reference implementation). Returns (B, V, P, Q).
     """
     scale = pred.new_tensor([float(size[0]), float(size[1])])
+    # A joint projected from (nearly) behind a camera or far outside a distorted lens can be
+    # inf; masking by multiplication would turn inf * 0 into NaN, so select instead (and keep
+    # non-finite values out of the graph, whose gradient would be NaN too).
+    pred = torch.where(torch.isfinite(pred), pred, torch.zeros_like(pred))
     diff = (pred[:, :, :, None] - target[:, :, None]).abs() / scale  # (B, V, P, Q, J, 2)
     if visible.ndim == 4:
         visible = visible[:, :, None]
-    return (diff * visible[..., None]).mean((-1, -2))
+    mask = (visible > 0)[..., None].expand_as(diff)
+    return torch.where(mask, diff * visible[..., None], torch.zeros_like(diff)).mean((-1, -2))
 
 
 def hungarian_match(

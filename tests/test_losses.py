@@ -27,6 +27,27 @@ def test_hungarian_cost_is_the_masked_mean_of_normalised_differences():
     assert cost.item() == pytest.approx((0.1 + 0.1) / (2 * J))
 
 
+def test_hungarian_l1_with_a_non_finite_masked_projection_stays_finite():
+    # A joint projected from behind a camera can be inf; it is masked, so the cost and the
+    # gradient must stay finite (inf * 0 would be NaN and SciPy refuses NaN costs).
+    rng = np.random.default_rng(3)
+    pred = _people(rng, 2)[None, None].requires_grad_(True)
+    target = _people(rng, 2)[None, None]
+    pred_visible = torch.ones(1, 1, 2, J)
+    pred_visible[0, 0, 1, 4] = 0
+    with torch.no_grad():
+        pred[0, 0, 1, 4] = float("inf")
+        pred[0, 0, 0, 7, 0] = float("nan")
+    pred_visible[0, 0, 0, 7] = 0
+    valid = torch.ones(1, 1, 2, dtype=torch.bool)
+    terms = losses.hungarian_l1_terms(pred, valid, target, torch.ones(1, 1, 2, J), (80, 48),
+                                      pred_visible=pred_visible)  # fmt: skip
+    assert torch.isfinite(terms).all() and terms.item() > 0
+    terms.sum().backward()
+    assert torch.isfinite(pred.grad).all()
+    assert pred.grad[0, 0, 1, 4].abs().sum() == 0  # the masked joint gets no gradient
+
+
 def _people(rng, n, size=(80.0, 48.0)):
     return torch.tensor(rng.uniform(0, 1, (n, J, 2)) * np.array(size), dtype=torch.float32)
 
