@@ -15,6 +15,7 @@ supplies its own shard here; nothing in this file knows about processes or devic
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,7 @@ def train_stage(
             })  # fmt: skip
 
     last: dict[str, float] = {}
+    skipped = 0  # updates skipped for a non-finite gradient
     for epoch in range(pos.epoch, stage_cfg.epochs):
         set_trainable(model, modules)  # an evaluation in between may have changed the modes
         bar = tqdm(
@@ -110,9 +112,20 @@ def train_stage(
                 loss = loss + sum(p.sum() for p in params) * 0.0
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
-                         if cfg.grad_clip_norm > 0 else None)  # fmt: skip
-            optimizer.step()
+            max_norm = cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            # A finite loss can still have a non-finite gradient (e.g. a Gaussian rendered at
+            # a degenerate projection). One such update would turn every weight into NaN, and
+            # the masked losses would then stay finite and hide it: skip the update instead,
+            # as mixed-precision loss scaling does, and count it.
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                skipped += 1
+                if skipped == 1 or skipped % 100 == 0:
+                    warnings.warn(f"stage {stage}, step {pos.step}: non-finite gradient, "
+                                  f"update skipped ({skipped} so far; frames {batch.keys})",
+                                  RuntimeWarning, stacklevel=2)  # fmt: skip
             seconds = time.perf_counter() - t0
             pos.step += 1
             pos.step_in_epoch += 1
@@ -120,8 +133,7 @@ def train_stage(
             last.update(lr=optimizer.param_groups[0]["lr"], epoch=float(epoch),
                         step=float(pos.step), seconds_per_step=seconds,
                         samples_per_s=batch.size / seconds)  # fmt: skip
-            if grad_norm is not None:
-                last["grad_norm"] = float(grad_norm)
+            last.update(grad_norm=float(grad_norm), skipped_updates=float(skipped))
             end_of_epoch = steps_per_epoch is not None and pos.step_in_epoch == steps_per_epoch
             if report is not None and (pos.step % cfg.log_every == 0 or end_of_epoch):
                 report(last)

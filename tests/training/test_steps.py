@@ -160,3 +160,31 @@ def test_a_non_finite_loss_stops_the_stage_naming_the_frames(train_frames, make_
     key = f"{train_frames[0].sequence}', {train_frames[0].frame}"
     with pytest.raises(FloatingPointError, match=f"stage root, epoch 0, step 0: .*{key}"):
         train_stage(model, "root", cfg.train, batches, progress=False)
+
+
+def test_a_non_finite_gradient_skips_the_update_and_is_counted(train_frames, make_config,
+                                                               monkeypatch):  # fmt: skip
+    import dataclasses
+
+    from selfpose3d.training import loop
+
+    cfg = make_config(pseudo=True)
+    model = build_model(cfg.model)
+    weight = next(model.root_net.parameters())
+
+    def step(m, b, c, e):
+        # sqrt at 0 is finite forward (0) and infinite backward: a finite loss, a NaN update.
+        return {"loss": torch.sqrt((weight - weight.detach()).square().sum())}
+
+    monkeypatch.setitem(loop.STAGES, "root", dataclasses.replace(STAGES["root"], step=step))
+    spec = batch_spec("root", cfg.model, cfg.train)
+    before = {k: v.clone() for k, v in model.root_net.state_dict().items()}
+
+    def batches(epoch, skip):
+        return iterate_batches(train_frames, 1, np.random.default_rng(0), spec, limit=2)
+
+    with pytest.warns(RuntimeWarning, match="non-finite gradient, update skipped"):
+        metrics = train_stage(model, "root", cfg.train, batches, progress=False)
+    assert metrics["skipped_updates"] == metrics["step"] > 0  # every update was skipped
+    for k, v in model.root_net.state_dict().items():
+        assert torch.equal(v, before[k]), k
