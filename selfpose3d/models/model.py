@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from selfpose3d.geometry import affine
 from selfpose3d.models.config import ModelConfig
 from selfpose3d.models.heatmaps import render_heatmaps
 from selfpose3d.models.pose_net import PoseNet
@@ -51,8 +52,7 @@ class ModelOutput:
 def apply_affine(points: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
     """points (B, V, ..., 2) px, affines (B, V, 2, 3) -> (B, V, ..., 2) transformed px."""
     flat = points.reshape(*points.shape[:2], -1, 2)  # (B, V, Q, 2)
-    out = flat @ affines[..., :2].transpose(-1, -2) + affines[..., None, :, 2]
-    return out.reshape(points.shape)
+    return affine.apply_affine(flat, affines).reshape(points.shape)
 
 
 class SelfPose3dModel(nn.Module):
