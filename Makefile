@@ -20,14 +20,21 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check selfpose3d pipelines tests benchmarks
 
+# The cpu preset's dataset with a shorter training budget (~10 min of training on 2 cores).
+QUICKSTART_BUDGET ?= --set train.root.epochs=1 --set train.pose.epochs=2 \
+	--set train.pose.lr_steps=[] --set train.l1_from_epoch=1 --set train.finetune.epochs=0
+
 quickstart: $(VENV)/.installed
-	$(BIN)/selfpose3d synth --config configs/cpu.yaml --set synth.frames_per_sequence=40 \
-		--out $(QUICKSTART_DIR)/synthetic
-	$(BIN)/selfpose3d ingest $(QUICKSTART_DIR)/synthetic --config configs/cpu.yaml \
-		--out $(QUICKSTART_DIR)/parquet
+	$(BIN)/selfpose3d synth --config configs/cpu.yaml --out $(QUICKSTART_DIR)/synthetic
+	test -f $(QUICKSTART_DIR)/parquet/summary.json || $(BIN)/selfpose3d ingest \
+		$(QUICKSTART_DIR)/synthetic --config configs/cpu.yaml --out $(QUICKSTART_DIR)/parquet
+	$(BIN)/selfpose3d train --config configs/cpu.yaml $(QUICKSTART_BUDGET) \
+		--data $(QUICKSTART_DIR)/parquet --out $(QUICKSTART_DIR)/run \
+		--tracking-uri sqlite:///$(abspath $(QUICKSTART_DIR))/mlflow.db \
+		$(if $(wildcard $(QUICKSTART_DIR)/run/ray_train),--resume,)
 
 benchmark: $(VENV)/.installed
-	$(BIN)/python benchmarks/data_pipeline.py --config configs/cpu.yaml
+	$(BIN)/python benchmarks/accuracy.py --config configs/cpu.yaml --out runs/benchmark
 
 clean:
 	rm -rf $(QUICKSTART_DIR)

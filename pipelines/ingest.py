@@ -20,19 +20,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.session import ray_session
 from selfpose3d.data.config import DataConfig
 from selfpose3d.data.panoptic import MultiViewFrame, PanopticReader, Split
 from selfpose3d.data.schema import SCHEMA_VERSION, frames_to_table
@@ -115,32 +113,11 @@ def _run_plain(src: Path, stage: Path, cfg_json: str, shards: list[Shard], progr
             for shard in tqdm(shards, desc="ingest", unit="shard", disable=not progress)]
 
 
-@contextmanager
-def _ray_session(num_cpus: int | None) -> Iterator[Any]:
-    """Use the running Ray instance, or start one (and stop only that one)."""
-    import ray
-    import ray.data  # noqa: F401  (configures its loggers on import; adjust them after)
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    # Ray Data logs every operator's state at INFO; the summary says what a user needs.
-    data_logger = logging.getLogger("ray.data")
-    saved_level = data_logger.level
-    data_logger.setLevel(logging.WARNING)
-    try:
-        yield ray
-    finally:
-        data_logger.setLevel(saved_level)
-        if started:
-            ray.shutdown()
-
-
 def _run_ray(src: Path, stage: Path, cfg_json: str, shards: list[Shard], num_cpus: int | None,
              progress: bool) -> list[dict[str, Any]]:  # fmt: skip
     """A Ray Data job over shards: each task reads its frames and writes its own file, so the
     image bytes never cross the object store."""
-    with _ray_session(num_cpus) as ray:
+    with ray_session(num_cpus=num_cpus) as ray:
         from ray.data import DataContext, TaskPoolStrategy
 
         workers = num_cpus or max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from selfpose3d.config import Config, ConfigError, dump_config, load_config
 EPILOG = """examples:
   selfpose3d synth --config configs/smoke.yaml --out data/smoke
   selfpose3d ingest data/smoke --config configs/smoke.yaml --out data/smoke-parquet
+  selfpose3d train --config configs/smoke.yaml --data data/smoke-parquet --out runs/smoke
+  selfpose3d evaluate --checkpoint runs/smoke --data data/smoke-parquet
   selfpose3d config --config configs/cpu.yaml --set model.pose_bins=[48,48,48]
 """
 
@@ -86,6 +90,62 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.session import ray_session
+    from pipelines.train import train_on_ray
+    from selfpose3d.evaluation.report import PANOPTIC_COLUMNS, ROOT_COLUMNS, format_metrics_table
+    from selfpose3d.tracking import Tracker, ui_command
+    from selfpose3d.training.run import evaluate, load_frames
+
+    cfg = _config(args)
+    if not (args.data / "train").is_dir():
+        raise FileNotFoundError(f"{args.data}: no train split (expected the output of "
+                                f"`selfpose3d ingest`)")  # fmt: skip
+    has_test = (args.data / args.eval_split).is_dir() if args.eval_split else False
+    if has_test and any(f.gt_poses is None for f in load_frames(args.data, args.eval_split)):
+        has_test = False  # a recording without 3D GT cannot be scored
+    # Ray Data reads the shards while every Train worker holds its CPUs: leave it one more.
+    local_cpus = max(os.cpu_count() or 1, math.ceil(args.workers * args.cpus_per_worker) + 1)
+    with ray_session(args.address, num_cpus=local_cpus):
+        summary = train_on_ray(
+            cfg, args.data, args.out, args.stages, workers=args.workers,
+            cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+            use_gpu=args.use_gpu, resume=args.resume, tracking_uri=args.tracking_uri,
+            eval_split=args.eval_split if has_test else None, progress=not args.quiet,
+        )  # fmt: skip
+    print(f"trained {', '.join(summary['stages'])} in {summary['wall_seconds'] / 60:.1f} min "
+          f"on {summary['workers']} worker(s); final model: {summary['final']}")  # fmt: skip
+    tracker = Tracker(args.out, tracking_uri=args.tracking_uri)
+    if has_test:
+        metrics = evaluate(args.out, args.data, args.eval_split, progress=not args.quiet)
+        tracker.start({})
+        tracker.log_metrics({f"test_{k}": v for k, v in metrics.items()}, 0)
+        tracker.finish()
+        print(f"\n{args.eval_split} split:")
+        print(format_metrics_table({args.out.name: metrics}, PANOPTIC_COLUMNS, name_header="Run"))
+        print(format_metrics_table({args.out.name: metrics}, ROOT_COLUMNS, name_header="Run"))
+    print(f"\nMLflow: {tracker.tracking_uri} (run {summary.get('mlflow_run_id')}); "
+          f"open the UI with:\n  {ui_command(tracker.tracking_uri)}")  # fmt: skip
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from selfpose3d.evaluation.report import PANOPTIC_COLUMNS, ROOT_COLUMNS, format_metrics_table
+    from selfpose3d.training.run import evaluate
+
+    metrics = evaluate(args.checkpoint, args.data, args.split, batch_size=args.batch_size,
+                       progress=not args.quiet and not args.json)  # fmt: skip
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    name = {args.checkpoint.name or str(args.checkpoint): metrics}
+    print(f"{args.data}/{args.split}: {int(metrics['num_gt'])} GT people, "
+          f"{int(metrics['num_pred'])} predictions (AP and recall in %, MPJPE in mm)")  # fmt: skip
+    print(format_metrics_table(name, PANOPTIC_COLUMNS, name_header="Checkpoint"))
+    print(format_metrics_table(name, ROOT_COLUMNS, name_header="Checkpoint"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfpose3d",
@@ -143,6 +203,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "train",
+        help="train the stages on Ray Train (local Ray or a cluster), tracked in MLflow",
+        description="Train the model on an ingested dataset with Ray Train: the "
+        "self-supervised stages by default (root, pose, finetune; backbone first in "
+        "`images` mode), or the `supervised` baseline. OUT gets the resolved config.yaml, "
+        "Ray Train's checkpoints (OUT/ray_train) and the final model (OUT/final). Running "
+        "the same command again with --resume continues from the latest checkpoint.",
+    )
+    _add_config_args(p)
+    p.add_argument("--data", type=Path, required=True, help="an ingest output directory")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--stages", nargs="+", metavar="STAGE",
+                   help="stages in order (backbone root pose finetune supervised); default: "
+                   "the self-supervised schedule of the config's input mode")  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP processes)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--gpus-per-worker", type=float, default=1.0,
+                   help="GPUs per worker when GPUs are used")  # fmt: skip
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True,
+                     help="require GPUs (default: use them when there are enough)")  # fmt: skip
+    gpu.add_argument("--cpu", dest="use_gpu", action="store_const", const=False,
+                     help="train on CPUs even where GPUs exist")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run already in --out from its latest checkpoint")  # fmt: skip
+    p.add_argument("--address",
+                   help="Ray cluster address (default: $RAY_ADDRESS, else local)")  # fmt: skip
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite "
+                   "store mlflow.db in the working directory)")  # fmt: skip
+    p.add_argument("--eval-split", default="test",
+                   help="split evaluated after every epoch and at the end ('' = none)")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a trained model with the Panoptic protocol",
+        description="Predict every frame of a split with a trained model and print "
+        "AP25..AP150, recall@500 and MPJPE, for poses and for roots alone.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a run directory, its final/ directory or a checkpoint file")  # fmt: skip
+    p.add_argument("--data", type=Path, required=True, help="an ingest output directory")
+    p.add_argument("--split", default="test", help="split to score (default: test)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (ap25 ... mpjpe, root_*), no table")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -151,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, ConnectionError) as e:
         print(f"selfpose3d {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

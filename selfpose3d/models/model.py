@@ -48,6 +48,10 @@ class ModelOutput:
     def is_person(self) -> torch.Tensor:  # (B, K) bool
         return self.proposals[..., 4] > 0.5
 
+    def to(self, device: torch.device | str) -> ModelOutput:
+        return ModelOutput(*(t.to(device) for t in (self.heatmaps, self.root_cubes,
+                                                    self.proposals, self.poses)))  # fmt: skip
+
 
 def apply_affine(points: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
     """points (B, V, ..., 2) px, affines (B, V, 2, 3) -> (B, V, ..., 2) transformed px."""

@@ -111,9 +111,15 @@ class TrainConfig:
     grad_clip_norm: float = 10.0  # max global gradient norm; 0 = no clipping
     max_steps_per_epoch: int = 0  # 0 = the whole training split every epoch (budgets, tests)
     log_every: int = 1  # report metrics every n steps (and at the last step of an epoch)
+    # Steps between metric reports to Ray Train (checkpoints are reported too). Each report
+    # waits for the Train controller to take it, so reporting every step would set the pace.
+    ray_report_every: int = 50
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
     keep_checkpoints: int = 2  # newest checkpoint files kept (older ones are deleted)
     image_cache_mb: int = 512  # decoded images kept in memory between epochs
+    # Frames of the evaluation split scored after every epoch when one is given (0 = none).
+    eval_max_frames: int = 200
+    device: str = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:N
 
     def __post_init__(self) -> None:
         for name in ("l1_weight", "attention_weight", "synthetic_root_weight",
@@ -133,11 +139,14 @@ class TrainConfig:
                              f"axis must leave part of the space (sum < 1)")  # fmt: skip
         if self.root_target_sigma <= 0 or self.supervised_match_radius <= 0:
             raise ValueError("train.root_target_sigma and supervised_match_radius must be > 0")
-        for name in ("num_threads", "max_steps_per_epoch", "checkpoint_every", "image_cache_mb"):
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("num_threads", "max_steps_per_epoch", "checkpoint_every", "image_cache_mb",
+                     "eval_max_frames"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if self.keep_checkpoints < 1 or self.log_every < 1:
-            raise ValueError("train.keep_checkpoints and train.log_every must be >= 1")
+        if self.keep_checkpoints < 1 or self.log_every < 1 or self.ray_report_every < 1:
+            raise ValueError("train.keep_checkpoints, log_every, ray_report_every must be >= 1")
 
     def stage(self, name: Stage) -> StageConfig:
         if name not in STAGES:

@@ -9,7 +9,9 @@ of every epoch.
 
 Batches come from ``batches(epoch, skip)``: the batches of ``epoch`` without its first
 ``skip`` ones (those a resumed checkpoint has already trained on). A distributed wrapper
-supplies its own shard here; nothing in this file knows about processes or devices.
+supplies its own shard here, wraps the step for gradient synchronisation (``wrap``, e.g.
+DistributedDataParallel) and salts the per-step seeds with its rank; nothing in this file
+knows about processes.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from selfpose3d.data.batches import Batch
@@ -32,6 +35,34 @@ from selfpose3d.training.steps import STAGES
 
 Report = Callable[[dict[str, float]], None]
 BatchSource = Callable[[int, int], Iterable[Batch]]  # (epoch, batches to skip) -> batches
+
+
+class CheckpointSink(Protocol):
+    """Where training checkpoints go: a run directory's manager or a Ray Train report."""
+
+    def save(self, state: dict[str, Any]) -> Any: ...
+
+
+class StepModule(nn.Module):
+    """A stage's step as a module's ``forward``, so that a DistributedDataParallel wrapper
+    sees every parameter the step uses and synchronises their gradients.
+
+    A batch with nothing to learn from (e.g. no proposals) still gets a loss tied to every
+    trainable parameter (times 0): the backward pass, and a distributed all-reduce, stay
+    uniform across steps and processes.
+    """
+
+    def __init__(self, model: SelfPose3dModel, stage: Stage) -> None:
+        super().__init__()
+        self.model = model
+        self.step = STAGES[stage].step
+
+    def forward(self, batch: Batch, cfg: TrainConfig, epoch: int) -> dict[str, torch.Tensor]:
+        out = self.step(self.model, batch, cfg, epoch)
+        if not out["loss"].requires_grad:
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            out["loss"] = out["loss"] + sum(p.sum() for p in trainable) * 0.0
+        return out
 
 
 @dataclass
@@ -55,11 +86,20 @@ def train_stage(
     resume: dict[str, Any] | None = None,
     steps_per_epoch: int | None = None,
     progress: bool = True,
+    device: torch.device | str = "cpu",
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    seed_salt: tuple[int, ...] = (),
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Train ``stage`` for its configured epochs; returns the metrics of the last step.
 
     resume: a checkpoint of this stage (its model weights already loaded) to continue from.
-    checkpoint_extra: entries stored in every checkpoint (signature, config, stages done).
+    checkpoints: receives a checkpoint state every ``checkpoint_every`` steps and at the end
+    of every epoch; checkpoint_extra: entries stored in every checkpoint (signature, config,
+    stages done). device: where batches go (the model must already be there). wrap: applied
+    to the stage's :class:`StepModule` once its trainable modules are set (e.g. DDP).
+    seed_salt: appended to the per-step seeds (a rank, so that processes draw differently).
+    on_epoch_end: called with each finished epoch before its checkpoint (e.g. evaluation).
     """
     spec = STAGES[stage]
     stage_cfg = cfg.stage(stage)
@@ -67,6 +107,8 @@ def train_stage(
     set_trainable(model, modules)
     optimizer, scheduler = build_optimizer(modules, stage_cfg)
     params = [p for m in modules for p in m.parameters()]
+    runner = StepModule(model, stage)
+    runner = wrap(runner) if wrap is not None else runner
     pos = Position()
     if resume is not None:
         if resume["stage"] != stage:
@@ -96,9 +138,10 @@ def train_stage(
             disable=not progress,
         )
         for batch in batches(epoch, pos.step_in_epoch):
-            torch.manual_seed(derive_seed(cfg.seed, stage, pos.step))
+            torch.manual_seed(derive_seed(cfg.seed, stage, pos.step, *seed_salt))
             t0 = time.perf_counter()
-            out = spec.step(model, batch if spec.uses_gt else batch.without_gt(), cfg, epoch)
+            batch = (batch if spec.uses_gt else batch.without_gt()).to(device)
+            out = runner(batch, cfg, epoch)
             loss = out["loss"]
             if not torch.isfinite(loss):
                 parts = {k: float(v.detach()) for k, v in out.items()}
@@ -106,10 +149,6 @@ def train_stage(
                     f"stage {stage}, epoch {epoch}, step {pos.step}: the "
                     f"loss is not finite ({parts}; frames {batch.keys})"
                 )
-            if not loss.requires_grad:
-                # Nothing to learn from this batch (e.g. no proposals): a zero loss tied to the
-                # parameters keeps the backward pass (and a distributed all-reduce) uniform.
-                loss = loss + sum(p.sum() for p in params) * 0.0
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             max_norm = cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf")
@@ -144,5 +183,9 @@ def train_stage(
         bar.close()
         scheduler.step()
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
+        if on_epoch_end is not None:
+            # Before the checkpoint: a run killed in between redoes the epoch and its
+            # evaluation, so no epoch ends up without one.
+            on_epoch_end(epoch)
         save(done=pos.epoch >= stage_cfg.epochs)
     return last

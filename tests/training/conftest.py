@@ -6,16 +6,13 @@ pseudo_heatmaps input mode (no images, no 2D network), 300 steps (~10 s on one c
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from pipelines.ingest import ingest
 from selfpose3d.config import Config, load_config
-from selfpose3d.data.synthetic import generate
 from selfpose3d.training.run import load_frames, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,16 +52,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def smoke_data(tmp_path_factory) -> Path:
-    """The smoke preset's synthetic dataset as Parquet: <dir>/train (24), <dir>/test (12)."""
-    root = tmp_path_factory.mktemp("smoke")
-    cfg = smoke_config()
-    generate(dataclasses.replace(cfg.synth, workers=1), root / "raw", progress=False)
-    ingest(root / "raw", root / "parquet", cfg.data, engine="plain", progress=False)
-    return root / "parquet"
 
 
 @pytest.fixture(scope="session")

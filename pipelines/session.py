@@ -1,0 +1,61 @@
+"""Connecting to Ray: a running cluster by address, or a local instance for this process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Raise ConnectionError naming ``address`` unless its host:port accepts a connection.
+
+    ``ray.init`` retries an unreachable address for a long time before failing; a user who
+    mistyped an address should hear about it in seconds.
+    """
+    if address in ("auto", "local") or not address:
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"Ray address {address!r}: expected host:port, ray://host:port "
+                              f"or 'auto'")  # fmt: skip
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address!r} ({e}); is the head "
+                              f"node running (`ray start --head`) and the address right?") from e
+
+
+@contextmanager
+def ray_session(
+    address: str | None = None, num_cpus: int | None = None, quiet_data: bool = True
+) -> Iterator[Any]:
+    """Use the running Ray instance, connect to ``address`` (default: ``$RAY_ADDRESS``), or
+    start a local instance (``num_cpus``); only what this call started is shut down."""
+    import ray
+    import ray.data  # noqa: F401  (configures its loggers on import; adjust them after)
+
+    started = not ray.is_initialized()
+    if started:
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            check_reachable(address)
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    # Ray Data logs every operator's state at INFO; our summaries say what a user needs.
+    data_logger = logging.getLogger("ray.data")
+    saved_level = data_logger.level
+    if quiet_data:
+        data_logger.setLevel(logging.WARNING)
+    try:
+        yield ray
+    finally:
+        data_logger.setLevel(saved_level)
+        if started:
+            ray.shutdown()
