@@ -40,6 +40,8 @@ def ray_session(
     import ray
     import ray.data  # noqa: F401  (configures its loggers on import; adjust them after)
 
+    if address:  # named explicitly: it must answer, even if this process has a Ray already
+        check_reachable(address)
     started = not ray.is_initialized()
     if started:
         address = address or os.environ.get("RAY_ADDRESS") or None
