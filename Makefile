@@ -29,7 +29,7 @@ quickstart: $(VENV)/.installed
 	test -f $(QUICKSTART_DIR)/parquet/summary.json || $(BIN)/selfpose3d ingest \
 		$(QUICKSTART_DIR)/synthetic --config configs/cpu.yaml --out $(QUICKSTART_DIR)/parquet
 	$(BIN)/selfpose3d train --config configs/cpu.yaml $(QUICKSTART_BUDGET) \
-		--data $(QUICKSTART_DIR)/parquet --out $(QUICKSTART_DIR)/run \
+		--data $(QUICKSTART_DIR)/parquet --out $(QUICKSTART_DIR)/run --cpus-per-worker 2 \
 		--tracking-uri sqlite:///$(abspath $(QUICKSTART_DIR))/mlflow.db \
 		$(if $(wildcard $(QUICKSTART_DIR)/run/ray_train),--resume,)
 

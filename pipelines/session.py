@@ -33,10 +33,14 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
 
 @contextmanager
 def ray_session(
-    address: str | None = None, num_cpus: int | None = None, quiet_data: bool = True
+    address: str | None = None,
+    num_cpus: int | None = None,
+    quiet_data: bool = True,
+    dashboard: bool = False,
 ) -> Iterator[Any]:
     """Use the running Ray instance, connect to ``address`` (default: ``$RAY_ADDRESS``), or
-    start a local instance (``num_cpus``); only what this call started is shut down."""
+    start a local instance (``num_cpus``; ``dashboard`` on 127.0.0.1, which Ray Train's
+    clean-up of finished runs queries); only what this call started is shut down."""
     import ray
     import ray.data  # noqa: F401  (configures its loggers on import; adjust them after)
 
@@ -49,7 +53,8 @@ def ray_session(
             check_reachable(address)
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                     logging_level=logging.WARNING)  # fmt: skip
     # Ray Data logs every operator's state at INFO; our summaries say what a user needs.
     data_logger = logging.getLogger("ray.data")
     saved_level = data_logger.level

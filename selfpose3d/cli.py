@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         has_test = False  # a recording without 3D GT cannot be scored
     # Ray Data reads the shards while every Train worker holds its CPUs: leave it one more.
     local_cpus = max(os.cpu_count() or 1, math.ceil(args.workers * args.cpus_per_worker) + 1)
-    with ray_session(args.address, num_cpus=local_cpus):
+    with ray_session(args.address, num_cpus=local_cpus, dashboard=True):
         summary = train_on_ray(
             cfg, args.data, args.out, args.stages, workers=args.workers,
             cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stages in order (backbone root pose finetune supervised); default: "
                    "the self-supervised schedule of the config's input mode")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP processes)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="CPUs each worker reserves; torch uses as many threads")  # fmt: skip
     p.add_argument("--gpus-per-worker", type=float, default=1.0,
                    help="GPUs per worker when GPUs are used")  # fmt: skip
     gpu = p.add_mutually_exclusive_group()
