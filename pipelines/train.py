@@ -23,7 +23,7 @@ its name and storage path). ``<out>`` must be on storage every node can reach.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,11 @@ def train_on_ray(
     eval_split: str | None = "test",
     progress: bool = True,
     fail_after_checkpoints: int = 0,
+    init: str | Path | None = None,
+    eval_sequences: Sequence[str] | None = None,
+    exclude_sequences: Sequence[str] = (),
+    callbacks: Sequence[Any] = (),
+    tracking_tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train ``stages`` (default: the self-supervised schedule) on Ray; returns rank 0's
     summary (``train_frames``'s, plus ``mlflow_run_id``).
@@ -79,14 +84,19 @@ def train_on_ray(
     ``out_dir``; without it such a directory is refused, so that no run is mixed up with
     another by accident. fail_after_checkpoints: a fault drill (tests, checking a cluster's
     recovery): a worker of a run that did not start from a checkpoint raises after reporting
-    that many checkpoints; 0 = never.
+    that many checkpoints; 0 = never. init: a checkpoint or run whose backbone and root_net
+    a fresh run starts from. eval_sequences: score only these sequences of ``eval_split``;
+    exclude_sequences: train without these sequences (a validation set held out of the
+    train split). callbacks: Ray Train callbacks (e.g. Tune's report callback: every
+    checkpoint report then carries rank 0's latest per-epoch evaluation). tracking_tags:
+    extra tags of the MLflow run (``mlflow.parentRunId`` nests it under another run).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from selfpose3d.tracking import resolve_tracking_uri
-    from selfpose3d.training.run import default_stages, load_frames
+    from selfpose3d.training.run import default_stages, resolve_checkpoint
 
     # Resolved here: workers run in other directories, where a relative store would differ.
     tracking_uri = resolve_tracking_uri(tracking_uri)
@@ -97,8 +107,10 @@ def train_on_ray(
         raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to "
                               f"continue it, or choose another --out")  # fmt: skip
     shards = _train_shards(data_dir)
-    if eval_split is not None:
-        load_frames(data_dir, eval_split)  # fail now, not after the first epoch
+    if eval_split is not None:  # fail now, not after the first epoch
+        _eval_frames(data_dir, eval_split, eval_sequences)
+    if init is not None:
+        init = resolve_checkpoint(init)
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= workers * gpus_per_worker
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
@@ -110,6 +122,8 @@ def train_on_ray(
             "config": config_to_dict(cfg), "stages": stages, "out_dir": str(out_dir),
             "data_dir": str(data_dir), "eval_split": eval_split, "tracking_uri": tracking_uri,
             "progress": progress, "fail_after_checkpoints": fail_after_checkpoints,
+            "init": None if init is None else str(init), "eval_sequences": eval_sequences,
+            "tracking_tags": dict(tracking_tags or {}),
         },  # fmt: skip
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
@@ -119,13 +133,36 @@ def train_on_ray(
             storage_path=str(out_dir),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=list(callbacks),
         ),
-        datasets={"train": ray.data.read_parquet(shards)},
+        datasets={"train": _dataset(shards, exclude_sequences)},
     )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
     return result.return_value
+
+
+def _dataset(shards: list[str], exclude_sequences: Sequence[str]) -> Any:
+    import ray.data
+
+    dataset = ray.data.read_parquet(shards)
+    if exclude_sequences:
+        excluded = frozenset(exclude_sequences)
+        dataset = dataset.filter(lambda row: row["sequence"] not in excluded)
+    return dataset
+
+
+def _eval_frames(data_dir: Path, split: str, sequences: Sequence[str] | None) -> list:
+    from selfpose3d.training.run import load_frames
+
+    frames = load_frames(data_dir, split)
+    if sequences is None:
+        return frames
+    missing = sorted(set(sequences) - {f.sequence for f in frames})
+    if missing:
+        raise ValueError(f"{data_dir / split}: no sequence {missing[0]!r} to evaluate on")
+    return [f for f in frames if f.sequence in set(sequences)]
 
 
 class InjectedFailure(RuntimeError):
@@ -140,6 +177,7 @@ class _RayCheckpoints:
         self.rank = rank
         self.fail_after = fail_after
         self.saved = 0
+        self.evaluation: dict[str, Any] = {}  # rank 0's latest per-epoch evaluation
 
     def save(self, state: dict[str, Any]) -> None:
         import ray.train
@@ -153,7 +191,9 @@ class _RayCheckpoints:
             if self.rank == 0:
                 save_checkpoint(Path(tmp) / CHECKPOINT_FILE, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(position, checkpoint=checkpoint, checkpoint_dir_name=name)
+            metrics = {**self.evaluation, **position}
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        self.evaluation = {}
         self.saved += 1
         if self.saved == self.fail_after:
             raise InjectedFailure(f"fault drill: stopping after {self.saved} checkpoint(s)")
@@ -189,7 +229,7 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     from torch.nn.parallel import DistributedDataParallel
 
     from selfpose3d.tracking import Tracker
-    from selfpose3d.training.run import RunContext, load_frames, train_frames
+    from selfpose3d.training.run import RunContext, train_frames
 
     cfg: Config = config_from_dict(config["config"], "the Ray Train loop config")
     context = ray.train.get_context()
@@ -212,12 +252,16 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
     last_reported = {"step": 0.0}
+    checkpoints = _RayCheckpoints(rank, config["fail_after_checkpoints"])
 
     def report(metrics: dict[str, Any]) -> None:
-        # Every rank reaches the same steps; rank 0's per-epoch evaluation (no "step") goes to
-        # the tracker only. Steps restart at 0 in each stage.
+        # Every rank reaches the same steps. Rank 0's per-epoch evaluation (no "step") rides
+        # on the epoch-end checkpoint's report, which every rank makes. Steps restart at 0
+        # in each stage.
         step = metrics.get("step")
         if step is None:
+            checkpoints.evaluation = {k: v for k, v in metrics.items()
+                                      if isinstance(v, int | float | str)}  # fmt: skip
             return
         if step < last_reported["step"]:
             last_reported["step"] = 0.0
@@ -227,22 +271,23 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
 
     out_dir = Path(config["out_dir"])
     tracker = Tracker(out_dir, tracking_uri=config["tracking_uri"], run_name=out_dir.name,
-                      enabled=rank == 0)  # fmt: skip
+                      enabled=rank == 0, tags=config["tracking_tags"])  # fmt: skip
     tracker.start(config_to_dict(cfg) | {"workers": world, "device": str(device)})
     eval_frames = None
     if rank == 0 and config["eval_split"]:
-        eval_frames = load_frames(config["data_dir"], config["eval_split"])
+        eval_frames = _eval_frames(Path(config["data_dir"]), config["eval_split"],
+                                   config["eval_sequences"])  # fmt: skip
     latest = _latest_state()
-    fail_after = config["fail_after_checkpoints"] if latest is None else 0
+    if latest is not None:
+        checkpoints.fail_after = 0
     run_context = RunContext(
-        rank=rank, world_size=world, device=device, wrap=wrap,
-        checkpoints=_RayCheckpoints(rank, fail_after), latest=latest,
-        frames_per_worker=(int(counts[0]), int(counts[1])),
+        rank=rank, world_size=world, device=device, wrap=wrap, checkpoints=checkpoints,
+        latest=latest, frames_per_worker=(int(counts[0]), int(counts[1])),
     )  # fmt: skip
     try:
         summary = train_frames(
             cfg, frames, out_dir, config["stages"], report, progress=config["progress"],
-            tracker=tracker, eval_frames=eval_frames, context=run_context,
+            tracker=tracker, eval_frames=eval_frames, context=run_context, init=config["init"],
         )  # fmt: skip
     except BaseException:
         tracker.finish("FAILED")

@@ -157,7 +157,8 @@ class Tracker:
 
     run_dir: the training run directory (metrics.jsonl and mlflow.json go here).
     tracking_uri: see :func:`resolve_tracking_uri`. run_name: the parent run's name (default:
-    the run directory's name). enabled: False on every rank but 0.
+    the run directory's name). enabled: False on every rank but 0. tags: extra tags of the
+    parent run when it is created (``mlflow.parentRunId`` nests it under another run).
     """
 
     def __init__(
@@ -168,6 +169,7 @@ class Tracker:
         experiment: str = "selfpose3d",
         run_name: str | None = None,
         enabled: bool = True,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.metrics_path = self.run_dir / METRICS_FILE
@@ -175,6 +177,7 @@ class Tracker:
         self.experiment = experiment
         self.run_name = run_name or self.run_dir.name
         self.enabled = enabled
+        self.tags = dict(tags or {})
         self._uri = resolve_tracking_uri(tracking_uri)
         self._client: Any = None  # an MlflowClient while MLflow works
         self._mlflow_ok = enabled
@@ -376,7 +379,7 @@ class Tracker:
         parent = self._reopen(client, state.get("parent_run_id"))
         reopened = parent is not None
         if parent is None:
-            tags = {"selfpose3d.run_dir": str(self.run_dir)}
+            tags = {**self.tags, "selfpose3d.run_dir": str(self.run_dir)}
             run = client.create_run(self._experiment_id, run_name=self.run_name, tags=tags)
             parent, state = run.info.run_id, {}  # children of another parent do not apply
         self._client, self._parent_id = client, parent

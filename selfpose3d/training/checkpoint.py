@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,29 @@ def load_model_weights(
     """Check the signature, then load the model state dict (strict)."""
     check_signature(state.get("signature", {}), signature, source)
     model.load_state_dict(state["model"])
+
+
+def load_module_weights(
+    model: nn.Module, state: dict[str, Any], modules: Sequence[str], source: str | Path
+) -> list[str]:
+    """Load the weights of ``modules`` (top-level sub-modules, e.g. ``root_net``) from a
+    checkpoint of a possibly different model (another attention depth, say); every tensor of
+    those modules must be there with this model's shape. Returns the modules loaded (those
+    this model has)."""
+    own = model.state_dict()
+    loaded = [m for m in modules if any(k.startswith(f"{m}.") for k in own)]
+    wanted = {k: v for k, v in own.items() if k.split(".", 1)[0] in loaded}
+    theirs = state.get("model", {})
+    missing = sorted(k for k in wanted if k not in theirs)
+    wrong = sorted(k for k in wanted if k in theirs and theirs[k].shape != wanted[k].shape)
+    if missing or wrong:
+        detail = (f"it lacks {missing[0]}" if missing else
+                  f"{wrong[0]} has shape {tuple(theirs[wrong[0]].shape)} there, "
+                  f"{tuple(wanted[wrong[0]].shape)} here")  # fmt: skip
+        raise CheckpointMismatchError(f"{source}: cannot start {', '.join(loaded)} from this "
+                                      f"checkpoint: {detail}")  # fmt: skip
+    model.load_state_dict({k: theirs[k] for k in wanted}, strict=False)
+    return loaded
 
 
 class CheckpointManager:

@@ -119,6 +119,8 @@ class TrainConfig:
     image_cache_mb: int = 512  # decoded images kept in memory between epochs
     # Frames of the evaluation split scored after every epoch when one is given (0 = none).
     eval_max_frames: int = 200
+    # Frames of it drawn (3D prediction vs GT, 2D overlay) after training, logged as artifacts.
+    eval_figures: int = 4
     device: str = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:N
 
     def __post_init__(self) -> None:
@@ -142,7 +144,7 @@ class TrainConfig:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("num_threads", "max_steps_per_epoch", "checkpoint_every", "image_cache_mb",
-                     "eval_max_frames"):  # fmt: skip
+                     "eval_max_frames", "eval_figures"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.keep_checkpoints < 1 or self.log_every < 1 or self.ray_report_every < 1:

@@ -44,6 +44,7 @@ from selfpose3d.training.checkpoint import (
     CheckpointManager,
     load_checkpoint,
     load_model_weights,
+    load_module_weights,
     model_signature,
     save_checkpoint,
 )
@@ -53,6 +54,8 @@ from selfpose3d.training.schedule import configure_torch, seed_everything
 from selfpose3d.training.steps import batch_spec
 
 SELF_SUPERVISED_STAGES = ("backbone", "root", "pose", "finetune")
+# What ``init`` starts a run with: the networks the shared stages (backbone, root) train.
+INIT_MODULES = ("heatmap_net_2d", "root_net")
 METRIC_KEYS = ("ap25", "ap50", "ap75", "ap100", "ap125", "ap150", "recall500", "mpjpe",
                "num_gt", "num_pred")  # fmt: skip
 
@@ -169,6 +172,7 @@ def train_frames(
     tracker: Tracking | None = None,
     eval_frames: Sequence[MultiViewFrame] | None = None,
     context: RunContext | None = None,
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``stages`` in order on ``frames`` (this worker's training frames).
 
@@ -176,8 +180,11 @@ def train_frames(
     ``"stage"`` (its name). preset: the name stored in (and required of) checkpoints;
     default ``cfg.train.preset``. With ``resume`` a run directory holding checkpoints
     continues from the latest one (refused if it belongs to another preset or model shape).
-    tracker: gets the step metrics, the per-epoch evaluation, and a ``flush`` with every
-    checkpoint (so that what it has logged is always covered by a checkpoint).
+    tracker: gets the step metrics, the per-epoch evaluation (also on the parent run, at
+    ``epochs_trained``: epochs of this run's stages done so far), and a ``flush`` with every
+    checkpoint (so that what it has logged is always covered by a checkpoint). init: a
+    checkpoint or run (see :func:`resolve_checkpoint`) whose ``INIT_MODULES`` weights a run
+    without checkpoints starts from, e.g. the shared backbone and root_net of a sweep.
 
     Returns ``{"stages", "metrics" (last step's, per stage), "final" (path of the final
     weights), "stage_seconds", "wall_seconds", "resumed_from" (None, or the stage, epoch and
@@ -214,6 +221,9 @@ def train_frames(
             completed.append(latest["stage"])
         else:
             resume_state = latest
+    elif init is not None:
+        source = resolve_checkpoint(init)
+        load_module_weights(model, load_checkpoint(source), INIT_MODULES, source)
     model.to(ctx.device)
 
     cache = ImageCache(cfg.train.image_cache_mb << 20)
@@ -240,8 +250,9 @@ def train_frames(
             rng = np.random.default_rng([cfg.train.seed, stage_id, epoch, *salt])
             return iterate_batches(data, bs, rng, spec, skip=skip, limit=n, cache=cache)
 
+        epochs_before = sum(cfg.train.stage(s).epochs for s in stages[: stages.index(stage)])
         stage_report, stage_sink, epoch_end = _stage_hooks(
-            stage, report, tracker, sink, model, eval_frames, ctx, n_batches
+            stage, report, tracker, sink, model, eval_frames, ctx, n_batches, epochs_before
         )
         stage_t0 = time.perf_counter()
         if tracker is not None:
@@ -262,6 +273,10 @@ def train_frames(
     final = out_dir / "final" / "model.pt"
     if ctx.is_main:
         final = save_final(model.cpu(), cfg, signature, out_dir / "final")
+        if eval_frames and tracker is not None and cfg.train.eval_figures:
+            figures = out_dir / "figures"
+            write_figures(model, eval_frames, figures, cfg.train.eval_figures)
+            tracker.log_artifact(figures, "figures")
     resumed = None if latest is None else {k: latest[k] for k in ("stage", "epoch", "step")}
     return {"stages": completed, "metrics": metrics, "final": str(final),
             "stage_seconds": stage_seconds, "wall_seconds": time.perf_counter() - t0,
@@ -277,10 +292,12 @@ def _stage_hooks(
     eval_frames: Sequence[MultiViewFrame],
     ctx: RunContext,
     steps_per_epoch: int,
+    epochs_before: int = 0,
 ) -> tuple[Callable, CheckpointSink, Callable[[int], None] | None]:
     """The step report, checkpoint sink and epoch-end hook of one stage, wired to the
     tracker: step metrics are logged at their stage step, each epoch's evaluation at the
-    stage step that ends the epoch, and the tracker is flushed with every checkpoint."""
+    stage step that ends the epoch (and on the parent run at the run's epoch count), and
+    the tracker is flushed with every checkpoint."""
 
     def stage_report(m: dict[str, float]) -> None:
         if tracker is not None:
@@ -302,10 +319,13 @@ def _stage_hooks(
         def epoch_end(epoch: int) -> None:
             scores = evaluate_model(model, eval_frames, device=ctx.device)
             scores = {f"eval_{k}": v for k, v in scores.items()}
+            epochs_trained = epochs_before + epoch + 1
             if tracker is not None:
                 tracker.log_metrics(scores, (epoch + 1) * steps_per_epoch)
+                tracker.log_parent_metrics(scores, epochs_trained)
             if report is not None:
-                report({"stage": stage, "epoch": float(epoch), **scores})
+                report({"stage": stage, "epoch": float(epoch),
+                        "epochs_trained": float(epochs_trained), **scores})  # fmt: skip
 
     return stage_report, FlushingSink(), epoch_end
 
@@ -351,19 +371,15 @@ def predict_batch(model: SelfPose3dModel, batch: Batch) -> ModelOutput:
                          pseudo_weights=batch.pseudo.weights("soft", 1.0))  # fmt: skip
 
 
-def evaluate_model(
+def predict_frames(
     model: SelfPose3dModel,
     frames: Sequence[MultiViewFrame],
     batch_size: int = 4,
     progress: bool = False,
     device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """AP/recall/MPJPE of poses and roots over ``frames`` (which must carry 3D GT); the
-    model must be on ``device``."""
-    missing = [f"{f.sequence}/{f.frame}" for f in frames if f.gt_poses is None]
-    if missing:
-        raise ValueError(f"evaluation needs 3D ground truth; {len(missing)} frames have none "
-                         f"(e.g. {missing[0]})")  # fmt: skip
+) -> tuple[list[FramePrediction], list[FrameRootPrediction]]:
+    """Per frame: the predicted poses ((P, J, 3) world mm, with scores) and their roots
+    ((P, 3) world mm); the model must be on ``device``."""
     spec = BatchSpec.from_configs(model.cfg, versions=("a3",),
                                   images=model.cfg.input_mode == "images")  # fmt: skip
     poses: list[FramePrediction] = []
@@ -377,12 +393,45 @@ def evaluate_model(
             scores = out.scores[i][person].to(torch.float64).numpy()
             poses.append(FramePrediction(out.poses[i][person].numpy(), scores))
             roots.append(FrameRootPrediction(out.proposals[i, person, :3].numpy(), scores))
+    return poses, roots
+
+
+def evaluate_model(
+    model: SelfPose3dModel,
+    frames: Sequence[MultiViewFrame],
+    batch_size: int = 4,
+    progress: bool = False,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """AP/recall/MPJPE of poses and roots over ``frames`` (which must carry 3D GT); the
+    model must be on ``device``."""
+    missing = [f"{f.sequence}/{f.frame}" for f in frames if f.gt_poses is None]
+    if missing:
+        raise ValueError(f"evaluation needs 3D ground truth; {len(missing)} frames have none "
+                         f"(e.g. {missing[0]})")  # fmt: skip
+    poses, roots = predict_frames(model, frames, batch_size, progress, device)
     gts = [FrameGT.from_xyzv(f.gt_poses) for f in frames]
     pose_metrics = evaluate_panoptic(poses, gts)
     root_metrics = evaluate_roots(roots, gts)
     out_metrics = {k: pose_metrics[k] for k in METRIC_KEYS}
     out_metrics.update({f"root_{k}": root_metrics[f"root_{k}"] for k in METRIC_KEYS})
     return out_metrics
+
+
+def write_figures(
+    model: SelfPose3dModel,
+    frames: Sequence[MultiViewFrame],
+    out_dir: str | Path,
+    max_frames: int = 4,
+    device: torch.device | str = "cpu",
+) -> list[Path]:
+    """Predicted-vs-GT 3D plots and 2D overlays (first view) of the first ``max_frames``
+    frames, written to ``out_dir``; returns the paths."""
+    from selfpose3d.visualize import write_eval_figures
+
+    frames = list(frames)[:max_frames]
+    poses, _ = predict_frames(model, frames, device=device)
+    return write_eval_figures(frames, [p.poses for p in poses], out_dir, max_frames=max_frames)
 
 
 def evaluate(

@@ -64,7 +64,10 @@ def test_two_workers_train_and_track(ray_session, smoke_data, tmp_path, mlflow_c
     assert history(client, stages["root"], "eval_root_recall500") == [3, 6]
     assert history(client, stages["pose"], "loss") == [1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(parent)}
-    assert "config.yaml" in artifacts and "final" in artifacts
+    assert {"config.yaml", "final", "figures"} <= artifacts
+    figures = [Path(a.path).name for a in client.list_artifacts(parent, "figures")]
+    assert sum(f.endswith("_3d.png") for f in figures) == 4, figures
+    assert sum(f.endswith("_2d.png") for f in figures) == 4, figures
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["stage"] == "root" and "loss" in r["metrics"] for r in records) == 6
 
