@@ -18,7 +18,7 @@ test: $(VENV)/.installed
 	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check selfpose3d pipelines tests benchmarks
+	$(BIN)/ruff check selfpose3d pipelines tune tests benchmarks
 
 # The cpu preset's dataset with a shorter training budget (~10 min of training on 2 cores).
 QUICKSTART_BUDGET ?= --set train.root.epochs=1 --set train.pose.epochs=2 \

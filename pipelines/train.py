@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from selfpose3d.config import Config, config_from_dict, config_to_dict
 from selfpose3d.data.schema import check_schema_version, list_shards, row_to_frame
+from selfpose3d.sweep_config import ranking_score
 
 RAY_RUN_NAME = "ray_train"  # fixed: a rerun with the same name and storage path resumes
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -75,6 +76,7 @@ def train_on_ray(
     exclude_sequences: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
     tracking_tags: Mapping[str, str] | None = None,
+    objective: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train ``stages`` (default: the self-supervised schedule) on Ray; returns rank 0's
     summary (``train_frames``'s, plus ``mlflow_run_id``).
@@ -90,6 +92,8 @@ def train_on_ray(
     train split). callbacks: Ray Train callbacks (e.g. Tune's report callback: every
     checkpoint report then carries rank 0's latest per-epoch evaluation). tracking_tags:
     extra tags of the MLflow run (``mlflow.parentRunId`` nests it under another run).
+    objective: ``{"metric", "mode", "tie_break"}``: each evaluation also reports
+    ``eval_objective`` (:func:`selfpose3d.sweep_config.ranking_score`, to maximise).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -123,7 +127,7 @@ def train_on_ray(
             "data_dir": str(data_dir), "eval_split": eval_split, "tracking_uri": tracking_uri,
             "progress": progress, "fail_after_checkpoints": fail_after_checkpoints,
             "init": None if init is None else str(init), "eval_sequences": eval_sequences,
-            "tracking_tags": dict(tracking_tags or {}),
+            "tracking_tags": dict(tracking_tags or {}), "objective": objective,
         },  # fmt: skip
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
@@ -260,8 +264,12 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
         # in each stage.
         step = metrics.get("step")
         if step is None:
-            checkpoints.evaluation = {k: v for k, v in metrics.items()
-                                      if isinstance(v, int | float | str)}  # fmt: skip
+            evaluation = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+            if config["objective"]:
+                scores = {k[len("eval_") :]: v for k, v in metrics.items()
+                          if k.startswith("eval_")}  # fmt: skip
+                evaluation["eval_objective"] = ranking_score(scores, **config["objective"])
+            checkpoints.evaluation = evaluation
             return
         if step < last_reported["step"]:
             last_reported["step"] = 0.0

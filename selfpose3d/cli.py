@@ -42,6 +42,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address",
+                   help="Ray cluster address (default: $RAY_ADDRESS, else local)")  # fmt: skip
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite "
+                   "store mlflow.db in the working directory)")  # fmt: skip
+
+
 def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
@@ -126,6 +134,49 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(format_metrics_table({args.out.name: metrics}, ROOT_COLUMNS, name_header="Run"))
     print(f"\nMLflow: {tracker.tracking_uri} (run {summary.get('mlflow_run_id')}); "
           f"open the UI with:\n  {ui_command(tracker.tracking_uri)}")  # fmt: skip
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pipelines.session import ray_session
+    from selfpose3d.tracking import resolve_tracking_uri, ui_command
+    from tune.sweep import format_trials, run_sweep
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.num_samples, "num_samples"), (args.max_concurrent, "max_concurrent"),
+                      (args.space, "space")):  # fmt: skip
+        if flag is not None:
+            overrides.append(f"sweep.{key}={flag}")
+    cfg = load_config(args.config, overrides)
+    if not (args.data / "train").is_dir():
+        raise FileNotFoundError(f"{args.data}: no train split (expected the output of "
+                                f"`selfpose3d ingest`)")  # fmt: skip
+    if (args.out / "base.yaml").exists() != args.resume:
+        raise (FileNotFoundError(f"{args.out}: no sweep to resume here") if args.resume else
+               FileExistsError(f"{args.out} already holds a sweep; pass --resume to continue "
+                               f"it, or choose another --out"))  # fmt: skip
+    # A trial holds one CPU and keeps one free for its data tasks while its worker trains:
+    # on a local machine Ray gets three logical CPUs per core, so that each concurrent
+    # trial's worker has a core.
+    with ray_session(args.address, num_cpus=3 * (os.cpu_count() or 1), dashboard=True):
+        result = run_sweep(cfg, args.data, args.out, init=args.init, resume=args.resume,
+                           tracking_uri=args.tracking_uri, progress=not args.quiet)  # fmt: skip
+    if result.interrupted:
+        print(f"selfpose3d tune: interrupted after {len(result.trials)} trial(s) started; "
+              f"continue with --resume", file=sys.stderr)  # fmt: skip
+        return 130
+    print(f"\n{len(result.trials)} trials in {result.wall_seconds / 60:.1f} min; validation: "
+          f"{', '.join(result.validation)} (held out of the train split)")  # fmt: skip
+    print(format_trials(result.trials, result.params, result.best))
+    if result.best is None:
+        print("no trial finished an evaluation; no best config")
+        return 1
+    print(f"\nbest trial {result.best.trial_id}: "
+          + ", ".join(f"{k}={v}" for k, v in result.best.params.items()))
+    print(f"best config: {args.out / 'best.yaml'}; all trials: {args.out / 'trials.csv'}")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    print(f"MLflow: {uri} (sweep run {result.mlflow_run_id}); open the UI with:\n"
+          f"  {ui_command(uri)}")  # fmt: skip
     return 0
 
 
@@ -231,15 +282,38 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train on CPUs even where GPUs exist")  # fmt: skip
     p.add_argument("--resume", action="store_true",
                    help="continue the run already in --out from its latest checkpoint")  # fmt: skip
-    p.add_argument("--address",
-                   help="Ray cluster address (default: $RAY_ADDRESS, else local)")  # fmt: skip
-    p.add_argument("--tracking-uri",
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite "
-                   "store mlflow.db in the working directory)")  # fmt: skip
+    _add_cluster_args(p)
     p.add_argument("--eval-split", default="test",
                    help="split evaluated after every epoch and at the end ('' = none)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "tune",
+        help="search hyperparameters with Ray Tune + Optuna (each trial a Ray Train run)",
+        description="Sweep the config's `sweep` section: Optuna (TPE, seeded, the paper's "
+        "values first) proposes overrides from the search space, every trial trains the "
+        "sweep's stages (pose, finetune) from shared backbone/root weights on Ray Train and "
+        "is scored after each epoch on validation sequences held out of the train split; "
+        "ASHA stops weak trials early. SWEEP gets the trials' runs, trials.csv and best.yaml "
+        "(a config for `selfpose3d train`); MLflow gets a parent run with one child per trial.",
+    )
+    _add_config_args(p)
+    p.add_argument("--data", type=Path, required=True, help="an ingest output directory")
+    p.add_argument("--out", type=Path, required=True, help="sweep directory")
+    p.add_argument("--num-samples", type=int, help="trials in all (sweep.num_samples)")
+    p.add_argument("--max-concurrent", type=int,
+                   help="trials at once (sweep.max_concurrent; default: what the cluster fits)")
+    p.add_argument("--space",
+                   help="search space: a YAML file or a name in tune/spaces (default: paper)")
+    p.add_argument("--init", type=Path,
+                   help="a `train` output whose backbone and root_net every trial starts from "
+                   "(default: train those stages once first)")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep in --out: finished trials are kept")  # fmt: skip
+    _add_cluster_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
         "evaluate",

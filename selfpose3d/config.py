@@ -19,6 +19,7 @@ import yaml
 from selfpose3d.data.config import DataConfig
 from selfpose3d.data.synthetic.config import SynthConfig
 from selfpose3d.models.config import ModelConfig
+from selfpose3d.sweep_config import SweepConfig
 from selfpose3d.training.config import TrainConfig
 
 
@@ -32,6 +33,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,25 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray instance shared by every Ray-level test of the session."""
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray
 
-    # More logical CPUs than cores: a 2-worker Train run holds 2 and its Ray Data reads need more.
-    ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True,
-             log_to_driver=False, configure_logging=False)  # fmt: skip
+    # More logical CPUs than cores: a Train run holds 1 per worker, its Ray Data reads need more,
+    # and a sweep trial holds 1 besides (2 trials at once).
+    # The dashboard (127.0.0.1, a free port) serves the State API that Ray Train's clean-up of
+    # a run Tune stopped early queries; without it the next trial waits for resources.
+    ray.init(num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=free_port(), ignore_reinit_error=True, log_to_driver=False,
+             configure_logging=False)  # fmt: skip
     try:
         yield ray
     finally:

@@ -64,3 +64,26 @@ def test_train_names_an_unreachable_ray_address_quickly(smoke_data, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and f"cannot reach the Ray cluster at '{address}'" in err
     assert time.perf_counter() - t0 < 30
+
+
+def test_tune_refuses_a_missing_dataset_a_bad_space_and_an_existing_sweep(smoke_data, tmp_path,
+                                                                           capsys):  # fmt: skip
+    smoke = str(REPO / "configs" / "smoke.yaml")
+    code = main(["tune", "--config", smoke, "--data", str(tmp_path / "nothing"),
+                 "--out", str(tmp_path / "sweep")])  # fmt: skip
+    assert code == 2 and "no train split" in capsys.readouterr().err
+    code = main(["tune", "--config", smoke, "--data", str(smoke_data), "--out",
+                 str(tmp_path / "sweep"), "--num-samples", "0"])  # fmt: skip
+    assert code == 2 and "sweep.num_samples" in capsys.readouterr().err
+    code = main(["tune", "--config", smoke, "--data", str(smoke_data), "--out",
+                 str(tmp_path / "sweep"), "--resume"])  # fmt: skip
+    assert code == 2 and "no sweep to resume here" in capsys.readouterr().err
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "base.yaml").write_text("{}\n")
+    code = main(["tune", "--config", smoke, "--data", str(smoke_data), "--out",
+                 str(tmp_path / "sweep")])  # fmt: skip
+    assert code == 2 and "already holds a sweep; pass --resume" in capsys.readouterr().err
+    code = main(["tune", "--config", smoke, "--data", str(smoke_data), "--out",
+                 str(tmp_path / "sweep"), "--resume", "--address",
+                 f"127.0.0.1:{free_port()}"])  # fmt: skip
+    assert code == 2 and "cannot reach the Ray cluster" in capsys.readouterr().err
