@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 QUICKSTART_DIR ?= runs/quickstart
 
-.PHONY: install test lint quickstart benchmark clean
+.PHONY: install test test-cluster lint quickstart benchmark clean
 
 # Re-install when the package metadata changes; the stamp makes repeated runs instant.
 $(VENV)/.installed: pyproject.toml
@@ -15,10 +15,14 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not cluster" tests
+
+# Fault drills against a real local Ray cluster and MLflow server (~8 min on 2 cores).
+test-cluster: $(VENV)/.installed
+	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m cluster -s tests/cluster
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check selfpose3d pipelines tune tests benchmarks
+	$(BIN)/ruff check selfpose3d pipelines tune cluster tests benchmarks
 
 # The cpu preset's dataset with a shorter training budget (~10 min of training on 2 cores).
 QUICKSTART_BUDGET ?= --set train.root.epochs=1 --set train.pose.epochs=2 \

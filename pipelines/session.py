@@ -53,8 +53,9 @@ def ray_session(
             check_reachable(address)
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                     logging_level=logging.WARNING)  # fmt: skip
+            # "local": a new instance, even where `ray start` left a cluster address file.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                     dashboard_host="127.0.0.1", logging_level=logging.WARNING)  # fmt: skip
     # Ray Data logs every operator's state at INFO; our summaries say what a user needs.
     data_logger = logging.getLogger("ray.data")
     saved_level = data_logger.level

@@ -77,6 +77,7 @@ def train_on_ray(
     callbacks: Sequence[Any] = (),
     tracking_tags: Mapping[str, str] | None = None,
     objective: Mapping[str, str] | None = None,
+    placement_strategy: str = "PACK",
 ) -> dict[str, Any]:
     """Train ``stages`` (default: the self-supervised schedule) on Ray; returns rank 0's
     summary (``train_frames``'s, plus ``mlflow_run_id``).
@@ -94,6 +95,7 @@ def train_on_ray(
     extra tags of the MLflow run (``mlflow.parentRunId`` nests it under another run).
     objective: ``{"metric", "mode", "tie_break"}``: each evaluation also reports
     ``eval_objective`` (:func:`selfpose3d.sweep_config.ranking_score`, to maximise).
+    placement_strategy: Ray's placement of the workers (PACK, SPREAD, ...).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -130,7 +132,8 @@ def train_on_ray(
             "tracking_tags": dict(tracking_tags or {}), "objective": objective,
         },  # fmt: skip
         scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,
+            placement_strategy=placement_strategy,
         ),
         run_config=RunConfig(
             name=RAY_RUN_NAME,

@@ -21,6 +21,8 @@ EPILOG = """examples:
   selfpose3d train --config configs/smoke.yaml --data data/smoke-parquet --out runs/smoke
   selfpose3d evaluate --checkpoint runs/smoke --data data/smoke-parquet
   selfpose3d config --config configs/cpu.yaml --set model.pose_bins=[48,48,48]
+  selfpose3d submit --address http://127.0.0.1:8265 --working-dir . -- \\
+      train --config configs/cpu.yaml --data /shared/cpu-parquet --out /shared/runs/cpu
 """
 
 
@@ -120,9 +122,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
             use_gpu=args.use_gpu, resume=args.resume, tracking_uri=args.tracking_uri,
             eval_split=args.eval_split if has_test else None, progress=not args.quiet,
+            placement_strategy=args.placement_strategy,
         )  # fmt: skip
     print(f"trained {', '.join(summary['stages'])} in {summary['wall_seconds'] / 60:.1f} min "
           f"on {summary['workers']} worker(s); final model: {summary['final']}")  # fmt: skip
+    if summary.get("resumed_from"):
+        at = summary["resumed_from"]
+        print(f"resumed from the checkpoint at stage {at['stage']}, epoch {at['epoch']}, "
+              f"step {at['step']}")  # fmt: skip
     tracker = Tracker(args.out, tracking_uri=args.tracking_uri)
     if has_test:
         metrics = evaluate(args.out, args.data, args.eval_split, progress=not args.quiet)
@@ -194,6 +201,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"{int(metrics['num_pred'])} predictions (AP and recall in %, MPJPE in mm)")  # fmt: skip
     print(format_metrics_table(name, PANOPTIC_COLUMNS, name_header="Checkpoint"))
     print(format_metrics_table(name, ROOT_COLUMNS, name_header="Checkpoint"))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from cluster import jobs
+
+    command = args.job_command[1:] if args.job_command[:1] == ["--"] else args.job_command
+    job_id = jobs.submit(
+        command, address=args.address, working_dir=args.working_dir,
+        env_vars=jobs.parse_env(args.env), pip=args.pip, submission_id=args.submission_id,
+        entrypoint_num_cpus=args.entrypoint_num_cpus,
+        entrypoint_num_gpus=args.entrypoint_num_gpus,
+    )  # fmt: skip
+    print(f"submitted job {job_id} to {jobs.job_server_address(args.address)}", file=sys.stderr)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    try:
+        status = jobs.follow(job_id, address=args.address)
+    except KeyboardInterrupt:
+        print(f"\nstopped following job {job_id}; it keeps running. Stop it with: "
+              f"selfpose3d jobs stop {job_id}", file=sys.stderr)  # fmt: skip
+        return 130
+    print(f"job {job_id}: {status}", file=sys.stderr)
+    return jobs.exit_code(status)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from cluster import jobs
+
+    if args.action == "list":
+        print(jobs.format_jobs(jobs.list_jobs(args.address)))
+        return 0
+    if args.job_id is None:
+        raise ValueError(f"`jobs {args.action}` needs a submission id (see `selfpose3d jobs "
+                         f"list`)")  # fmt: skip
+    if args.action == "logs":
+        if args.follow:
+            status = jobs.follow(args.job_id, address=args.address)
+            return jobs.exit_code(status)
+        print(jobs.logs(args.job_id, args.address), end="")
+        return 0
+    stopped = jobs.stop(args.job_id, args.address)
+    print(f"job {args.job_id}: " + ("stop requested" if stopped else "had already ended"))
     return 0
 
 
@@ -280,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="require GPUs (default: use them when there are enough)")  # fmt: skip
     gpu.add_argument("--cpu", dest="use_gpu", action="store_const", const=False,
                      help="train on CPUs even where GPUs exist")  # fmt: skip
+    p.add_argument("--placement-strategy", choices=["PACK", "SPREAD"], default="PACK",
+                   help="PACK: workers on as few nodes as possible (default); SPREAD: one per "
+                   "node where possible")  # fmt: skip
     p.add_argument("--resume", action="store_true",
                    help="continue the run already in --out from its latest checkpoint")  # fmt: skip
     _add_cluster_args(p)
@@ -330,15 +384,69 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object (ap25 ... mpjpe, root_*), no table")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "submit",
+        help="run a selfpose3d command as a job on a Ray cluster, streaming its logs",
+        description="Submit `selfpose3d COMMAND ...` to a Ray cluster's job server (Ray Job "
+        "Submission), stream its logs until it ends and exit with its status (0 succeeded, "
+        "1 failed, 130 stopped). Paths in the command are the cluster's: with --working-dir "
+        "the folder is uploaded and becomes the job's working directory; data and runs "
+        "belong on storage every node reaches. Ctrl-C stops following, not the job.",
+    )
+    p.add_argument("--address",
+                   help="job server, http://HEAD:8265 (default: $RAY_ADDRESS, else "
+                   "http://127.0.0.1:8265)")  # fmt: skip
+    p.add_argument("--working-dir", type=Path,
+                   help="folder to upload as the job's working directory (.git, .venv, runs "
+                   "and what .gitignore lists are left out)")  # fmt: skip
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment variable of the job, e.g. MLFLOW_TRACKING_URI=http://"
+                   "mlflow:5000 (repeatable)")  # fmt: skip
+    p.add_argument("--pip", action="append", default=[], metavar="PACKAGE",
+                   help="extra pip package installed for the job (repeatable)")  # fmt: skip
+    p.add_argument("--submission-id", help="the job's id (default: generated)")
+    p.add_argument("--entrypoint-num-cpus", type=float,
+                   help="CPUs reserved for the job's driver (default: none)")  # fmt: skip
+    p.add_argument("--entrypoint-num-gpus", type=float,
+                   help="GPUs reserved for the job's driver (default: none)")  # fmt: skip
+    p.add_argument("--no-wait", action="store_true",
+                   help="print the submission id and return at once")  # fmt: skip
+    p.add_argument("job_command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                   help="the selfpose3d command to run, e.g. -- train --config ...")  # fmt: skip
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "jobs",
+        help="list the cluster's jobs, print a job's logs, stop a job",
+        description="Inspect the jobs of a Ray cluster's job server: `list`, `logs ID "
+        "[--follow]`, `stop ID` (SIGTERM to the job's driver; a stopped `train` continues "
+        "with `train --resume` and the same --out).",
+    )
+    p.add_argument("action", choices=["list", "logs", "stop"])
+    p.add_argument("job_id", nargs="?", help="submission id (logs, stop)")
+    p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    p.add_argument("--address",
+                   help="job server (default: $RAY_ADDRESS, else http://127.0.0.1:8265)")
+    p.set_defaults(func=cmd_jobs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(os.environ.get("SELFPOSE3D_DEBUG"))  # whole tracebacks, for bug reports
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, ConnectionError) as e:
+        if debug:
+            raise
+        print(f"selfpose3d {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if debug or args.command not in ("submit", "jobs"):
+            raise
+        # The job server's refusals (an unknown job id, a duplicate submission id).
         print(f"selfpose3d {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -43,10 +43,16 @@ duplicates even when a crash falls between a flush and a checkpoint save:
    flush is repaired on the next start.
 
 Failures. If MLflow raises anywhere (unreachable server, locked database, missing package), one
-``RuntimeWarning`` names the URI and the error, MLflow is not called again by this Tracker, and
-training and metrics.jsonl carry on. For http(s) URIs the server's ``/health`` is probed with a
-2 s timeout before the first call, and MLflow's HTTP retry settings are shortened for this process
-unless already set (``_HTTP_ENV_DEFAULTS``), so a dead server costs seconds, not minutes.
+``RuntimeWarning`` names the URI and the error, and training and metrics.jsonl carry on without
+MLflow. At most every ``_RETRY_EVERY_S`` seconds a flush (and the final :meth:`Tracker.finish`)
+tries MLflow again; once it answers, the runs are opened again (or created, for stages that
+started during the outage), the records of metrics.jsonl it lacks are sent (rule 2), the stages
+that ended meanwhile get their status, and one warning says so. A server that is still away at
+the end leaves the records in metrics.jsonl; the next Tracker on the run directory (``train
+--resume``, the test-metrics logging of ``train``) sends them. For http(s) URIs the server's
+``/health`` is probed with a 2 s timeout before the first call, and MLflow's HTTP retry settings
+are shortened for this process unless already set (``_HTTP_ENV_DEFAULTS``), so a dead server
+costs seconds, not minutes.
 
 Non-finite values (NaN, inf) are not sent to MLflow (inf would be stored as 1.8e308 and flatten
 every chart); metrics.jsonl stores them as null; a warning is logged once per metric name.
@@ -86,6 +92,7 @@ _MAX_PARAMS_PER_BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
 _STATUSES = ("FINISHED", "FAILED", "KILLED")
 _METRIC_NAME = re.compile(r"[\w\-. /:]+")  # MLflow's allowed characters
 _PROBE_TIMEOUT_S = 2.0
+_RETRY_EVERY_S = 10.0  # after a failure, how often a flush tries MLflow again
 # MLflow's defaults (7 retries with backoff factor 2, 120 s timeout) retry a dead server for
 # minutes. A connection refused now costs 1 + 2 + 4 s; a hung server 4 x 30 s.
 _HTTP_ENV_DEFAULTS = {
@@ -102,6 +109,8 @@ def resolve_tracking_uri(uri: str | None = None, cwd: Path | str | None = None) 
     the working directory); other URIs are returned unchanged.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if uri is not None and not uri.startswith("sqlite:///"):
+        return uri
     base = Path(cwd).absolute() if cwd is not None else Path.cwd()
     if uri is None:
         return f"sqlite:///{base / 'mlflow.db'}"
@@ -189,6 +198,9 @@ class Tracker:
         self._last_step: dict[tuple[str | None, str], int] = {}  # flushed, per (stage, name)
         self._nonfinite_warned: set[str] = set()
         self._state = "new"  # new -> started -> finished
+        self._params: dict[str, str] = {}
+        self._failed_at: float | None = None  # monotonic time of the last MLflow failure
+        self._ended: dict[str, str] = {}  # stage -> status, of the stages ended by this Tracker
 
     @property
     def tracking_uri(self) -> str:
@@ -217,8 +229,8 @@ class Tracker:
         self._state = "started"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._last_step = _scan_flushed(self.metrics_path)
-        flat = flatten_params(params)
-        self._call(lambda: self._open_parent(flat))
+        self._params = flatten_params(params)
+        self._call(lambda: self._open_parent(self._params))
 
     def start_stage(self, stage: str) -> None:
         """Open the child run of ``stage`` (the same run again on resume)."""
@@ -237,6 +249,7 @@ class Tracker:
             return
         self.flush()
         run_id = self._stage_ids.get(self._stage)
+        self._ended[self._stage] = status
         self._stage = None
         if run_id is not None:
             self._call(lambda: self._client.set_terminated(run_id, status))
@@ -246,6 +259,7 @@ class Tracker:
         _check_status(status)
         if not self.enabled or self._state != "started":
             return
+        self._reconnect(force=True)
         self.end_stage(status)
         self.flush()
         self._state = "finished"
@@ -275,6 +289,7 @@ class Tracker:
         """Append the buffered records to metrics.jsonl, then send them to MLflow."""
         if not self.enabled or not self._buffer:
             return
+        self._reconnect()  # before the append: what it sends from the file is then older
         records, dropped = [], 0
         for rec in self._buffer:
             kept = {}
@@ -358,12 +373,41 @@ class Tracker:
         except Exception as e:  # tracking must never stop training
             self._mlflow_ok = False
             self._client = None
+            self._failed_at = time.monotonic()
             error = f"{type(e).__name__}: {e}"
             if len(error) > 500:
                 error = error[:500] + "..."
-            warnings.warn(f"MLflow tracking at {self._uri} failed ({error}); continuing without "
-                          f"MLflow, metrics are still written to {self.metrics_path}",
+            warnings.warn(f"MLflow tracking at {self._uri} failed ({error}); training goes on, "
+                          f"metrics are written to {self.metrics_path} and sent to MLflow when "
+                          f"it answers again (tried every {_RETRY_EVERY_S:.0f} s)",
                           RuntimeWarning, stacklevel=3)  # fmt: skip
+
+    def _reconnect(self, force: bool = False) -> None:
+        """After a failure, try MLflow again (at most every ``_RETRY_EVERY_S`` unless
+        ``force``): reopen the parent, open or create every stage's run, send what they lack
+        from metrics.jsonl, and close the stages that ended meanwhile."""
+        if self._mlflow_ok or self._failed_at is None or self._state != "started":
+            return
+        if not force and time.monotonic() - self._failed_at < _RETRY_EVERY_S:
+            return
+        self._failed_at = time.monotonic()
+        try:
+            self._open_parent(self._params)
+            stages = {r["stage"] for r in _read_records(self.metrics_path) if r["stage"]}
+            stages |= set(self._stage_ids) | {self._stage} - {None}
+            for stage in sorted(stages):
+                self._open_stage(stage, running=stage == self._stage)
+            for stage, status in self._ended.items():
+                if stage != self._stage and stage in self._stage_ids:
+                    self._client.set_terminated(self._stage_ids[stage], status)
+        except Exception as e:  # still away: the next attempt comes later
+            self._client = None
+            log.info("MLflow at %s still fails (%s: %s)", self._uri, type(e).__name__, e)
+            return
+        self._mlflow_ok = True
+        warnings.warn(f"MLflow tracking at {self._uri} answers again; the metrics it missed "
+                      f"were sent from {self.metrics_path}", RuntimeWarning,
+                      stacklevel=3)  # fmt: skip
 
     def _open_parent(self, params: dict[str, str]) -> None:
         if self._uri.startswith(("http://", "https://")):
@@ -396,9 +440,11 @@ class Tracker:
             client.log_batch(parent, params=new[i : i + _MAX_PARAMS_PER_BATCH])
         self._sync(parent, None, reopened)
 
-    def _open_stage(self, stage: str) -> None:
+    def _open_stage(self, stage: str, running: bool = True) -> None:
+        """Reopen (status RUNNING unless not ``running``) or create the stage's child run and
+        send it the records it lacks."""
         client = self._client
-        run_id = self._reopen(client, self._stage_ids.get(stage))
+        run_id = self._reopen(client, self._stage_ids.get(stage), running)
         reopened = run_id is not None
         if run_id is None:
             tags = {"mlflow.parentRunId": self._parent_id, "selfpose3d.stage": stage}
@@ -427,8 +473,9 @@ class Tracker:
                              f"choose another experiment name")  # fmt: skip
         return exp.experiment_id
 
-    def _reopen(self, client: Any, run_id: str | None) -> str | None:
-        """Set an existing run back to RUNNING; None if there is no usable run by that id."""
+    def _reopen(self, client: Any, run_id: str | None, running: bool = True) -> str | None:
+        """Set an existing run back to RUNNING (if ``running``); None if there is no usable
+        run by that id."""
         from mlflow.exceptions import MlflowException
 
         if not run_id:
@@ -441,7 +488,8 @@ class Tracker:
             raise
         if run.info.lifecycle_stage != "active" or run.info.experiment_id != self._experiment_id:
             return None
-        client.update_run(run_id, status="RUNNING")
+        if running:
+            client.update_run(run_id, status="RUNNING")
         return run_id
 
     def _send(self, records: list[dict[str, Any]]) -> None:

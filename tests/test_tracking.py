@@ -200,6 +200,46 @@ def test_mlflow_failure_warns_once_and_next_start_backfills(store_uri, tmp_path)
     assert steps(store_uri, child, "loss") == [0, 1, 2, 3, 4]
 
 
+def test_mlflow_that_comes_back_gets_what_it_missed(store_uri, tmp_path, monkeypatch):
+    import selfpose3d.tracking as tracking
+
+    monkeypatch.setattr(tracking, "_RETRY_EVERY_S", 0.0)
+    run_dir = tmp_path / "run"
+    tracker = Tracker(run_dir, tracking_uri=store_uri)
+    tracker.start(PARAMS)
+    tracker.start_stage("root")
+    tracker.log_metrics({"loss": 0.0}, 0)
+    tracker.flush()
+    working = tracker._send
+
+    def broken(records):
+        raise ConnectionError("server went away")
+
+    tracker._send = broken
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in (1, 2):  # the outage: every retry fails again, silently
+            tracker.log_metrics({"loss": float(step)}, step)
+            tracker.flush()
+        tracker.end_stage()  # ends while MLflow is away
+        tracker.start_stage("pose")  # starts while MLflow is away: no run yet
+        tracker.log_metrics({"loss": 10.0}, 0)
+        tracker.flush()
+        tracker._send = working  # back
+        tracker.log_metrics({"loss": 11.0}, 1)
+        tracker.flush()
+        tracker.finish()
+    messages = [str(w.message) for w in caught if w.category is RuntimeWarning]
+    assert len(messages) == 2
+    assert "server went away" in messages[0] and "answers again" in messages[1]
+    runs = tracker.stage_run_ids
+    assert steps(store_uri, runs["root"], "loss") == [0, 1, 2]
+    assert steps(store_uri, runs["pose"], "loss") == [0, 1]
+    statuses = {stage: client(store_uri).get_run(run).info.status for stage, run in runs.items()}
+    assert statuses == {"root": "FINISHED", "pose": "FINISHED"}
+    assert client(store_uri).get_run(tracker.parent_run_id).info.status == "FINISHED"
+
+
 def test_unreachable_server_warns_once_and_keeps_metrics(tmp_path):
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
