@@ -157,7 +157,9 @@ class SelfPose3dModel(nn.Module):
         cameras: Cameras,
         affines: torch.Tensor,
     ) -> torch.Tensor:
-        """heatmaps (B, V, J, h, w), proposals (B, K, 5) -> poses (B, K, J, 3) mm."""
+        """heatmaps (n B, V, J, h, w), proposals (B, K, 5), cameras of the B samples,
+        affines (n B, V, 2, 3) -> poses (n B, K, J, 3) mm: n versions of the same samples
+        stacked along the batch axis share their proposals (see :class:`PoseNet`)."""
         cams = self._cameras(cameras, heatmaps)
         return self.pose_net(heatmaps, proposals, cams, affines.to(heatmaps.dtype))
 

@@ -17,7 +17,13 @@ from torch import nn
 
 from selfpose3d.models.config import ModelConfig
 from selfpose3d.models.v2v import V2VNet
-from selfpose3d.models.voxel import CameraBatch, sample_points, voxel_grid
+from selfpose3d.models.voxel import (
+    CameraBatch,
+    project_to_views,
+    sample_views,
+    to_heatmap_grid,
+    voxel_grid,
+)
 from selfpose3d.skeleton import NUM_JOINTS
 
 
@@ -50,11 +56,20 @@ class PoseNet(nn.Module):
         cameras: CameraBatch,
         affines: torch.Tensor,
     ) -> torch.Tensor:
-        """Input cubes of M people: heatmaps (M, V, J, h, w) (each person's sample),
-        roots (M, 3) mm, cameras of M samples, affines (M, V, 2, 3) -> (M, J, X, Y, Z)."""
+        """Input cubes of M people seen in n versions of their views (e.g. two augmentations):
+        heatmaps (n, M, V, J, h, w), roots (M, 3) mm, cameras of the M people's samples,
+        affines (n, M, V, 2, 3) -> (n, M, J, X, Y, Z).
+
+        The versions differ only by their affines (original px -> heatmap px), so every
+        cube is projected into the cameras once, whatever n is.
+        """
+        n, m = heatmaps.shape[:2]
         points = roots[:, None, :] + self.offsets  # (M, N, 3)
-        cubes = sample_points(heatmaps, points, cameras, affines)  # (M, J, N)
-        return cubes.reshape(*cubes.shape[:2], *self.bins)
+        uv, seen = project_to_views(points, cameras)  # (M, V, N, 2), (M, V, N)
+        size = (heatmaps.shape[-1], heatmaps.shape[-2])
+        grid, valid = to_heatmap_grid(uv, seen, affines, size)  # broadcast over n
+        cubes = sample_views(heatmaps.flatten(0, 1), grid.flatten(0, 1), valid.flatten(0, 1))
+        return cubes.reshape(n, m, cubes.shape[1], *self.bins)
 
     def regress(self, cubes: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
         """Input cubes (M, J, X, Y, Z), roots (M, 3) mm -> joints (M, J, 3) mm."""
@@ -70,21 +85,34 @@ class PoseNet(nn.Module):
         cameras: CameraBatch,
         affines: torch.Tensor,
     ) -> torch.Tensor:
-        """heatmaps (B, V, J, h, w), proposals (B, K, 5) (x, y, z mm, score, flag),
-        affines (B, V, 2, 3) -> poses (B, K, J, 3) mm.
+        """heatmaps (n B, V, J, h, w), proposals (B, K, 5) (x, y, z mm, score, flag), cameras
+        of the B samples, affines (n B, V, 2, 3) -> poses (n B, K, J, 3) mm.
 
-        Only flagged proposals (flag > 0.5) are regressed, all in one V2V call; the rows of the
-        others are 0. With no flagged proposal the result is all 0 and has no gradient.
+        n >= 1 versions of the same B samples may be stacked along the batch axis (version
+        after version, as the training steps stack augmentations); they share the samples'
+        proposals and cameras. Only flagged proposals (flag > 0.5) are regressed, all
+        versions in one V2V call; the rows of the others are 0. With no flagged proposal the
+        result is all 0 and has no gradient.
         """
         b, k = proposals.shape[:2]
+        n = heatmaps.shape[0] // b
+        if n * b != heatmaps.shape[0] or affines.shape[0] != heatmaps.shape[0]:
+            raise ValueError(
+                f"heatmaps ({heatmaps.shape[0]}) and affines ({affines.shape[0]}) must stack "
+                f"whole versions of the proposals' {b} samples"
+            )
         sample, slot = torch.nonzero(proposals[..., 4] > 0.5, as_tuple=True)  # (M,), (M,)
-        poses = heatmaps.new_zeros(b, k, heatmaps.shape[2], 3)
+        poses = heatmaps.new_zeros(n * b, k, heatmaps.shape[2], 3)
         if sample.numel() == 0:
             return poses
         roots = proposals[sample, slot, :3].to(heatmaps.dtype)  # (M, 3)
         cams = cameras.to(heatmaps.device, heatmaps.dtype)[sample]
-        cubes = self.cubes(heatmaps[sample], roots, cams, affines[sample].to(heatmaps.dtype))
-        return poses.index_put((sample, slot), self.regress(cubes, roots))
+        rows = (torch.arange(n, device=sample.device)[:, None] * b + sample).flatten()  # (n M,)
+        shape = (n, len(sample))
+        cubes = self.cubes(heatmaps[rows].unflatten(0, shape), roots, cams,
+                           affines[rows].to(heatmaps.dtype).unflatten(0, shape))  # fmt: skip
+        joints = self.regress(cubes.flatten(0, 1), roots.repeat(n, 1))
+        return poses.index_put((rows, slot.repeat(n)), joints)
 
 
 def build_pose_net(cfg: ModelConfig) -> PoseNet:

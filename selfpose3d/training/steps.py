@@ -169,7 +169,7 @@ def pose_step(
     person = proposals[..., 4] > 0.5  # (B, K)
     cameras, affines = _cameras(batch, 2), _affines(batch, names)
     heatmaps = _input_heatmaps(model, batch, names)  # (2B, V, J, h, w)
-    poses = model.poses(heatmaps, proposals.repeat(2, 1, 1), cameras, affines)  # (2B, K, J, 3)
+    poses = model.poses(heatmaps, proposals, batch.cameras, affines)  # (2B, K, J, 3)
     # Row i of the target versions (A1 then A2) is compared with the other version's poses.
     crossed = torch.cat([poses[b:], poses[:b]])
     points, seen = project_poses(crossed, cameras, affines)  # (2B, V, K, J, 2), (2B, V, K, J)
@@ -177,7 +177,10 @@ def pose_step(
     draw = seen & person2[:, None, :, None]
 
     label_w = batch.pseudo.weights(labels, cfg.hard_label_threshold)  # (B, V, Q, J)
-    targets = _pseudo_heatmaps(model, batch, names, label_w)  # (2B, V, J, h, w)
+    if labels == "soft" and mcfg.input_mode == "pseudo_heatmaps":
+        targets = heatmaps  # the input heatmaps are the soft labels' heatmaps already
+    else:
+        targets = _pseudo_heatmaps(model, batch, names, label_w)  # (2B, V, J, h, w)
     attention = model.attention(_images(batch, names)) if model.attn_net_2d is not None else None
     per_sample = losses.reprojection_loss(points, draw, targets, mcfg.heatmap_sigma, attention)
     has = person.any(-1).to(per_sample.dtype).repeat(2).reshape(2, b)
