@@ -166,8 +166,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for p in reversed(parts):
             nested = {p: nested}
         values = _merge(values, nested)
-        config_from_dict(values, f"--set {item}")
-    return config_from_dict(values, str(path) if path else "<defaults>")
+    if not overrides:
+        return config_from_dict(values, str(path) if path else "<defaults>")
+    # Validated together: values that must agree (image_size and heatmap_size) may be set by
+    # two overrides, each invalid without the other.
+    return config_from_dict(values, " ".join(f"--set {item}" for item in overrides))
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
