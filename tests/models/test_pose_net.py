@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from selfpose3d.geometry.camera import project_points
@@ -93,3 +94,27 @@ def test_identity_v2v_recovers_joints(rig):
     poses = net(heatmaps, proposals, cams, affines)
     voxel = 1600.0 / 15  # with beta = 100 and coarse voxels the soft-argmax is nearly an argmax
     assert (poses[0, 0] - joints).norm(dim=-1).max() < voxel
+
+
+def test_stacked_versions_share_proposals_and_equal_separate_calls(rig):
+    cams, affines = rig(3, seed=0, batch=2)
+    net = build_pose_net(tiny_config()).eval()
+    joints = torch.tensor([0.0, 0.0, 900.0]) + 300 * torch.randn(2, 1, NUM_JOINTS, 3)
+    heatmaps = _joint_heatmaps(cams, affines, joints)
+    # A second version of the same samples: other affines (a shifted, scaled heatmap frame).
+    shifted = affines.clone()
+    shifted[..., :2] *= 0.9
+    shifted[..., 0, 2] += 3.0
+    other = _joint_heatmaps(cams, shifted, joints)
+    proposals = torch.zeros(2, 3, 5)
+    proposals[:, :, :3] = torch.tensor([0.0, 0.0, 900.0])
+    proposals[0, 0, 4] = proposals[1, 0, 4] = proposals[1, 2, 4] = 1.0
+    with torch.no_grad():
+        both = net(torch.cat([heatmaps, other]), proposals, cams, torch.cat([affines, shifted]))
+        first = net(heatmaps, proposals, cams, affines)
+        second = net(other, proposals, cams, shifted)
+    assert both.shape == (4, 3, NUM_JOINTS, 3)
+    torch.testing.assert_close(both, torch.cat([first, second]), rtol=1e-5, atol=1e-3)
+    assert not torch.equal(first, second)  # the versions really differ
+    with pytest.raises(ValueError, match="whole versions"):  # 3 rows for 2 samples
+        net(heatmaps[:1].repeat(3, 1, 1, 1, 1), proposals, cams, affines.repeat(2, 1, 1, 1)[:3])
