@@ -8,6 +8,7 @@ Each component receives its own section (``cfg.synth``, ``cfg.data``, ``cfg.mode
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ class Config:
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -86,6 +90,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise fail("an integer")
         return value
     if tp is float:
+        # YAML 1.1 reads exponents without a dot (``1e-4``) as strings; users write them.
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
         return float(value)

@@ -85,3 +85,16 @@ def test_missing_file_and_bad_override():
 def test_bool_is_not_an_int():
     with pytest.raises(ConfigError, match="expected an integer"):
         config_from_dict({"train": {"seed": True}})
+
+
+def test_exponents_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads ``1e-4`` as a string; for a float field it is the number users meant."""
+    cfg = load_config(None, ["train.root.lr=1e-4", "train.l1_weight=2E+1"])
+    assert cfg.train.root.lr == 1e-4 and cfg.train.l1_weight == 20.0
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  pose:\n    lr: 5e-5\n")
+    assert load_config(path).train.pose.lr == 5e-5
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(None, ["train.root.lr=1e-4x"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(None, ["train.seed=1e3"])
