@@ -15,7 +15,6 @@ K = max_people proposals, (X, Y, Z) root voxels.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from torch import nn
 from selfpose3d.geometry import affine
 from selfpose3d.models.config import ModelConfig
 from selfpose3d.models.heatmaps import render_heatmaps
+from selfpose3d.models.output import ModelOutput
 from selfpose3d.models.pose_net import PoseNet
 from selfpose3d.models.pose_resnet import PoseResNet, build_pose_resnet
 from selfpose3d.models.root_net import RootNet
@@ -31,26 +31,6 @@ from selfpose3d.models.voxel import CameraBatch
 from selfpose3d.skeleton import NUM_JOINTS
 
 Cameras = CameraBatch | Mapping[str, Any]
-
-
-@dataclass
-class ModelOutput:
-    heatmaps: torch.Tensor  # (B, V, J, h, w)
-    root_cubes: torch.Tensor  # (B, X, Y, Z) root likelihood
-    proposals: torch.Tensor  # (B, K, 5): x, y, z mm, score, flag (1 = person)
-    poses: torch.Tensor  # (B, K, J, 3) mm; rows with flag 0 are 0
-
-    @property
-    def scores(self) -> torch.Tensor:  # (B, K)
-        return self.proposals[..., 3]
-
-    @property
-    def is_person(self) -> torch.Tensor:  # (B, K) bool
-        return self.proposals[..., 4] > 0.5
-
-    def to(self, device: torch.device | str) -> ModelOutput:
-        return ModelOutput(*(t.to(device) for t in (self.heatmaps, self.root_cubes,
-                                                    self.proposals, self.poses)))  # fmt: skip
 
 
 def apply_affine(points: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
