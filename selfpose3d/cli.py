@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from selfpose3d.config import Config, ConfigError, dump_config, load_config
@@ -103,18 +104,37 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rig_problems(cameras: list) -> list[str]:
+    """What suggests a wrong ``--unit`` or ``--up``: nothing is imported wrongly yet, but
+    nothing would be found in 3D either (no floor position that two cameras see)."""
+    from selfpose3d.data.rigs import capture_space, up_axis_warning
+
+    problems = [w for w in [up_axis_warning(cameras)] if w]
+    try:
+        capture_space(cameras)
+    except ValueError as e:
+        problems.append(str(e))
+    return problems
+
+
 def cmd_import_recording(args: argparse.Namespace) -> int:
     from pipelines.recordings import format_summary, import_recording, parse_offsets
     from selfpose3d.data.rigs import load_rig
 
     offsets = parse_offsets(args.offset)
     cameras = load_rig(args.rig, format=args.rig_format, unit=args.unit, up=args.up)
-    summary = import_recording(
-        cameras, args.input, args.out, args.sequence, offsets=offsets, start=args.start,
-        stop=args.stop, every=args.every, jpeg_quality=args.jpeg_quality, rescale=args.rescale,
-        overwrite=args.overwrite, engine=args.engine, num_cpus=args.num_cpus,
-        address=args.address, progress=not args.quiet,
-    )  # fmt: skip
+    for problem in _rig_problems(cameras):
+        print(f"warning: {args.rig}: {problem}", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        summary = import_recording(
+            cameras, args.input, args.out, args.sequence, offsets=offsets, start=args.start,
+            stop=args.stop, every=args.every, jpeg_quality=args.jpeg_quality,
+            rescale=args.rescale, overwrite=args.overwrite, engine=args.engine,
+            num_cpus=args.num_cpus, address=args.address, progress=not args.quiet,
+        )  # fmt: skip
+    for w in caught:  # e.g. cameras of unequal length: a user message, not a source line
+        print(f"warning: {w.message}", file=sys.stderr)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -136,20 +156,31 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scorable_split(data: Path, split: str) -> bool:
+    """Whether ``data/split`` holds frames, all with 3D GT to score them against."""
+    if not split or not (data / split).is_dir():
+        return False
+    from selfpose3d.data.schema import read_dataset
+
+    frames = list(read_dataset(data / split))
+    return bool(frames) and all(f.gt_poses is not None for f in frames)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.session import ray_session
     from pipelines.train import train_on_ray
     from selfpose3d.evaluation.report import PANOPTIC_COLUMNS, ROOT_COLUMNS, format_metrics_table
     from selfpose3d.tracking import Tracker, ui_command
-    from selfpose3d.training.run import evaluate, load_frames
+    from selfpose3d.training.run import evaluate
 
     cfg = _config(args)
     if not (args.data / "train").is_dir():
         raise FileNotFoundError(f"{args.data}: no train split (expected the output of "
                                 f"`selfpose3d ingest`)")  # fmt: skip
-    has_test = (args.data / args.eval_split).is_dir() if args.eval_split else False
-    if has_test and any(f.gt_poses is None for f in load_frames(args.data, args.eval_split)):
-        has_test = False  # a recording without 3D GT cannot be scored
+    has_test = _scorable_split(args.data, args.eval_split)
+    if args.eval_split and not has_test:
+        print(f"note: {args.data / args.eval_split} holds no frames with 3D ground truth (a "
+              f"recording has none): the run is not scored", file=sys.stderr)  # fmt: skip
     # Ray Data reads the shards while every Train worker holds its CPUs: leave it one more.
     local_cpus = max(os.cpu_count() or 1, math.ceil(args.workers * args.cpus_per_worker) + 1)
     with ray_session(args.address, num_cpus=local_cpus, dashboard=True):

@@ -99,7 +99,7 @@ def scene(tmp_path_factory) -> dict:
     return {"base": base, "src": base / "synthetic", "sequence": sequence}
 
 
-def test_own_rig_end_to_end(scene):
+def test_own_rig_end_to_end(scene, capsys):
     base, src, scene_seq = scene["base"], scene["src"], scene["sequence"]
     cameras = list(layout.read_calibration(layout.calibration_path(src, scene_seq)).values())
     frames = layout.list_frames(src, scene_seq)
@@ -127,6 +127,14 @@ def test_own_rig_end_to_end(scene):
     for cam in cameras:
         assert all(layout.image_path(root, SEQ, cam.name, i).is_file() for i in range(16))
 
+    # The same calibration read in the wrong unit: the cameras are 1000x too close together.
+    # Nothing tells the importer, but it says what looks wrong before writing anything.
+    capsys.readouterr()
+    run("import-recording", "--rig", rigs / "calibration.toml", "--input", base / "videos",
+        "--out", base / "wrong_unit", "--sequence", SEQ, "--engine", "plain", "--quiet")
+    err = capsys.readouterr().err
+    assert "warning:" in err and "translation unit" in err, err
+
     # 3. Pseudo labels from a COCO keypoints file (the recording's frame i is the scene's
     #    frames[i]).
     labels, size = read_pseudo_labels(layout.pseudo_label_path(src, scene_seq))
@@ -145,7 +153,10 @@ def test_own_rig_end_to_end(scene):
         "--quiet")
     fast = ["--set", "model.input_mode=pseudo_heatmaps", "--set", "model.use_attention=false",
             "--set", "train.max_steps_per_epoch=4", "--set", "train.num_threads=1"]  # fmt: skip
+    from selfpose3d.cli import _scorable_split
     from selfpose3d.training.run import train
+
+    assert not _scorable_split(base / "parquet", "test"), "a recording has nothing to score"
 
     cfg = load_config(SMOKE, fast[1::2])
     summary = train(cfg, base / "parquet", base / "run", progress=False)

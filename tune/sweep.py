@@ -381,12 +381,15 @@ def _write_outputs(out_dir: Path, rows: list[TrialRow], params: list[Param],
 
 def _log_best(tracker: Any, out_dir: Path, rows: list[TrialRow], best: TrialRow | None) -> None:
     tracker.log_artifact(out_dir / "trials.csv")
+    # Step = trials so far: an interrupted sweep logs its partial summary, and the resumed
+    # one must not be dropped as a repeat of that step.
+    step = len(rows)
+    stopped = sum(r.status == "stopped early" for r in rows)
     tracker.log_parent_metrics({"trials": float(len(rows)),
-                                "trials_stopped_early": float(sum(r.status == "stopped early"
-                                                                  for r in rows))}, 0)  # fmt: skip
+                                "trials_stopped_early": float(stopped)}, step)  # fmt: skip
     if best is None:
         return
-    tracker.log_parent_metrics({f"best_val_{k}": v for k, v in best.scores.items()}, 0)
+    tracker.log_parent_metrics({f"best_val_{k}": v for k, v in best.scores.items()}, step)
     if (out_dir / "best.yaml").is_file():
         tracker.log_artifact(out_dir / "best.yaml")
     final = best.run_dir / "final" / "model.pt"
