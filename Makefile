@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not cluster" tests
+	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -m "not cluster" tests
 
 # Fault drills against a real local Ray cluster and MLflow server (~7 min on 2 cores).
 test-cluster: $(VENV)/.installed
