@@ -107,7 +107,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def _rig_problems(cameras: list) -> list[str]:
     """What suggests a wrong ``--unit`` or ``--up``: nothing is imported wrongly yet, but
     nothing would be found in 3D either (no floor position that two cameras see)."""
-    from selfpose3d.data.rigs import capture_space, up_axis_warning
+    from selfpose3d.data.capture_space import capture_space, up_axis_warning
 
     problems = [w for w in [up_axis_warning(cameras)] if w]
     try:
@@ -371,7 +371,8 @@ def _yaml_list(values: list[float] | list[int]) -> str:
 def cmd_rig(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from selfpose3d.data.rigs import fit_space, load_rig, save_rig, up_axis_warning
+    from selfpose3d.data.capture_space import fit_space, up_axis_warning
+    from selfpose3d.data.rigs import load_rig, save_rig
 
     cameras = load_rig(args.rig, format=args.format, unit=args.unit, up=args.up,
                        cameras=args.cameras)  # fmt: skip

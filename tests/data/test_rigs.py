@@ -14,16 +14,8 @@ import pytest
 
 from selfpose3d.config import load_config
 from selfpose3d.data import panoptic_layout as layout
-from selfpose3d.data.rigs import (
-    UP_AXES,
-    capture_space,
-    check_image_sizes,
-    fit_space,
-    load_rig,
-    save_rig,
-    up_axis_warning,
-    visible,
-)
+from selfpose3d.data.capture_space import capture_space, fit_space, up_axis_warning, visible
+from selfpose3d.data.rigs import UP_AXES, check_image_sizes, load_rig, save_rig
 from selfpose3d.data.synthetic.config import RigConfig
 from selfpose3d.data.synthetic.rigs import DOME_DEFAULT_CAMERAS, build_rig, look_at
 from selfpose3d.geometry.camera import Camera, stack_cameras
