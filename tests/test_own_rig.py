@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from selfpose3d.cli import main
@@ -109,10 +110,10 @@ def test_own_rig_end_to_end(scene, capsys):
     #    metres drives the rest (what a user of anipose would hand in).
     rigs = base / "rigs"
     rigs.mkdir()
+    points = np.array([[0.0, 0.0, 900.0], [800.0, -600.0, 1500.0]])
     for fmt, name in FORMATS.items():
         save_rig(rigs / name, cameras, fmt, unit="m" if fmt == "anipose" else "mm")
         loaded = load_rig(rigs / name, unit="m" if fmt == "anipose" else "mm")
-        points = np.array([[0.0, 0.0, 900.0], [800.0, -600.0, 1500.0]])
         for a, b in zip(cameras, loaded, strict=True):
             assert a.name == b.name
             np.testing.assert_allclose(b.project(points), a.project(points), atol=1e-6)
@@ -126,6 +127,16 @@ def test_own_rig_end_to_end(scene, capsys):
         base / "videos", "--out", root, "--sequence", SEQ, "--engine", "plain", "--quiet")
     for cam in cameras:
         assert all(layout.image_path(root, SEQ, cam.name, i).is_file() for i in range(16))
+    # Every format imports to the same rig (the first 2 frames are enough for that).
+    for fmt, name in [*FORMATS.items(), ("opencv", "cameras.json")]:
+        unit = "m" if fmt == "anipose" else "mm"
+        other = base / f"studio_{name.replace('.', '_')}"
+        run("import-recording", "--rig", rigs / name, "--unit", unit, "--input", base / "videos",
+            "--out", other, "--sequence", SEQ, "--stop", "2", "--engine", "plain", "--quiet")
+        imported = layout.read_calibration(layout.calibration_path(other, SEQ))
+        for cam in cameras:
+            np.testing.assert_allclose(imported[cam.name].project(points), cam.project(points),
+                                       atol=1e-6)  # fmt: skip
 
     # The same calibration read in the wrong unit: the cameras are 1000x too close together.
     # Nothing tells the importer, but it says what looks wrong before writing anything.
@@ -172,6 +183,11 @@ def test_own_rig_end_to_end(scene, capsys):
         assert [json.loads(line)["frame"] for line in lines] == list(range(16))
         info = json.loads((base / out / "summary.json").read_text())
         assert info["frames"] == 16 and info["frames_per_second"] > 0
+        rows = pq.read_table(base / out / "predictions.parquet").to_pylist()
+        people = [p for line in lines for p in json.loads(line)["people"]]
+        assert len(rows) == len(people) == info["people"]
+        assert all(np.shape(r["joints"]) == (15, 3) for r in rows)
+        assert [r["track_id"] for r in rows] == [p["track_id"] for p in people]
     model_summary = json.loads((base / "pred" / "summary.json").read_text())
     assert model_summary["mode"] == "model"
 
