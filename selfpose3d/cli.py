@@ -405,7 +405,8 @@ def cmd_rig(args: argparse.Namespace) -> int:
     print(f"\ncapture space (floor seen by >= {args.min_views} cameras at z = {args.floor_z:g} "
           f"and {args.floor_z + args.height / 2:g} mm): centre {_yaml_list(fitted.space_center)}"
           f" mm, size {_yaml_list(fitted.space_size)} mm")  # fmt: skip
-    print(f"for {preset} (root voxels <= {' x '.join(f'{v:.0f}' for v in voxel)} mm), pass:")
+    label = args.config or "configs/cpu.yaml"
+    print(f"for {label} (root voxels <= {' x '.join(f'{v:.0f}' for v in voxel)} mm), pass:")
     print(f"  --set model.space_center={_yaml_list(fitted.space_center)} "
           f"--set model.space_size={_yaml_list(fitted.space_size)} "
           f"--set model.root_bins={_yaml_list(fitted.root_bins)}")  # fmt: skip
