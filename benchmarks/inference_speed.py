@@ -34,17 +34,9 @@ from selfpose3d.data.panoptic import MultiViewFrame
 from selfpose3d.data.synthetic.rigs import build_rig
 from selfpose3d.geometry.camera import Camera
 from selfpose3d.models.model import SelfPose3dModel, build_model
-from selfpose3d.skeleton import ROOT_INDEX
+from selfpose3d.skeleton import NUM_JOINTS, ROOT_INDEX, STANDING_POSE
 
 REPO = Path(__file__).resolve().parents[1]
-# A person standing upright, mm, Panoptic-15 joint order, feet at z = 0.
-STANDING = np.array([
-    [0, 0, 1500], [0, 100, 1620], [0, 0, 950],
-    [-180, 0, 1480], [-200, 30, 1180], [-210, 80, 930],
-    [-100, 0, 940], [-110, 20, 510], [-110, 0, 90],
-    [180, 0, 1480], [200, 30, 1180], [210, 80, 930],
-    [100, 0, 940], [110, 20, 510], [110, 0, 90],
-], dtype=np.float64)  # fmt: skip
 
 
 def rig_cameras(cfg: Config) -> list[Camera]:
@@ -68,7 +60,7 @@ def people_in_space(rng: np.random.Generator, cfg: Config, n: int) -> np.ndarray
     for xy in roots:
         yaw = rng.uniform(0, 2 * np.pi)
         Rz = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
-        people.append(STANDING @ Rz.T + [*xy, 0.0])
+        people.append(STANDING_POSE @ Rz.T + [*xy, 0.0])
     return np.stack(people)
 
 
@@ -76,7 +68,7 @@ def synthetic_frame(rng: np.random.Generator, cfg: Config, cams: list[Camera], n
                     index: int) -> MultiViewFrame:  # fmt: skip
     people = people_in_space(rng, cfg, n_people)
     labels = [np.concatenate([c.project(people.reshape(-1, 3)).reshape(n_people, -1, 2),
-                              np.full((n_people, len(STANDING), 1), 0.9)], -1).astype(np.float32)
+                              np.full((n_people, NUM_JOINTS, 1), 0.9)], -1).astype(np.float32)
               for c in cams]  # fmt: skip
     images = None
     if cfg.model.input_mode == "images":

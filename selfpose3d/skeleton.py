@@ -74,3 +74,28 @@ def coco17_to_panoptic15(keypoints: np.ndarray) -> np.ndarray:
         else:
             out.append(keypoints[..., idx[name], :])
     return np.stack(out, axis=-2)
+
+
+def panoptic15_to_coco17(poses: np.ndarray) -> np.ndarray:
+    """(..., 15, C) Panoptic-15 -> (..., 17, C) COCO-17, e.g. to hand pseudo labels to tools
+    that read COCO keypoints: the joints both sets have; the eyes and ears, which Panoptic-15
+    lacks, are all 0 (confidence 0: unknown). Neck and mid-hip have no COCO joint."""
+    if poses.ndim < 2 or poses.shape[-2] != NUM_JOINTS:
+        raise ValueError(f"expected {NUM_JOINTS} joints on axis -2, got shape {poses.shape}")
+    src = [PANOPTIC15_JOINTS.index(n) for n in COCO17_JOINTS if n in PANOPTIC15_JOINTS]
+    dst = [i for i, n in enumerate(COCO17_JOINTS) if n in PANOPTIC15_JOINTS]
+    out = np.zeros((*poses.shape[:-2], len(COCO17_JOINTS), poses.shape[-1]), poses.dtype)
+    out[..., dst, :] = poses[..., src, :]
+    return out
+
+
+# A person standing upright facing +y (their left is -x), feet on the floor z = 0; world mm,
+# Panoptic-15 order. A reference pose for tests and benchmarks.
+STANDING_POSE = np.array([
+    [0, 0, 1500], [0, 100, 1620], [0, 0, 950],
+    [-180, 0, 1480], [-200, 30, 1180], [-210, 80, 930],
+    [-100, 0, 940], [-110, 20, 510], [-110, 0, 90],
+    [180, 0, 1480], [200, 30, 1180], [210, 80, 930],
+    [100, 0, 940], [110, 20, 510], [110, 0, 90],
+], dtype=np.float64)  # fmt: skip
+STANDING_POSE.flags.writeable = False

@@ -23,7 +23,7 @@ from selfpose3d.config import load_config
 from selfpose3d.data import panoptic_layout as layout
 from selfpose3d.data.pseudo_labels import read_pseudo_labels
 from selfpose3d.data.rigs import load_rig, save_rig
-from selfpose3d.skeleton import COCO17_JOINTS, PANOPTIC15_JOINTS
+from selfpose3d.skeleton import PANOPTIC15_JOINTS, panoptic15_to_coco17
 from selfpose3d.tracks import count_id_switches, match_to_gt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,15 +46,6 @@ def run(*argv: str) -> None:
     assert main([str(a) for a in argv]) == 0, argv
 
 
-def to_coco17(poses15: np.ndarray) -> np.ndarray:
-    """(P, 15, 3) Panoptic-15 -> (P, 17, 3) COCO-17; the eyes and ears are unknown (conf 0)."""
-    out = np.zeros((len(poses15), 17, 3), np.float32)
-    for j, name in enumerate(COCO17_JOINTS):
-        if name in PANOPTIC15_JOINTS:
-            out[:, j] = poses15[:, PANOPTIC15_JOINTS.index(name)]
-    return out
-
-
 def write_coco(labels: dict, size: dict, path: Path) -> None:
     """The synthetic detector's labels as one COCO keypoints dataset file, the way an external
     detector would deliver them: one image entry per view, annotations with scores."""
@@ -64,7 +55,7 @@ def write_coco(labels: dict, size: dict, path: Path) -> None:
             image_id = len(images)
             images.append({"id": image_id, "file_name": f"{cam}/{cam}_{frame:08d}.jpg",
                            "width": size[cam][0], "height": size[cam][1]})  # fmt: skip
-            for person in to_coco17(poses):
+            for person in panoptic15_to_coco17(poses):
                 xyv = np.concatenate([person[:, :2], (person[:, 2:] > 0) * 2.0], axis=1)
                 annotations.append({
                     "image_id": image_id, "category_id": 1, "score": 1.0,

@@ -14,6 +14,7 @@ from selfpose3d.skeleton import (
     ROOT_INDEX,
     coco17_to_panoptic15,
     flip_permutation,
+    panoptic15_to_coco17,
     panoptic19_to_15,
 )
 
@@ -87,3 +88,20 @@ def test_coco17_to_panoptic15_rejects_other_shapes():
         coco17_to_panoptic15(np.zeros((15, 3)))
     with pytest.raises(ValueError, match="COCO keypoints"):
         coco17_to_panoptic15(np.zeros((17, 2)))
+
+
+def test_panoptic15_to_coco17_keeps_the_shared_joints_and_leaves_the_face_unknown():
+    rng = np.random.default_rng(0)
+    poses = rng.uniform(1, 100, size=(2, 15, 3))
+    coco = panoptic15_to_coco17(poses)
+    assert coco.shape == (2, 17, 3)
+    for j, name in enumerate(COCO17_JOINTS):
+        if name in PANOPTIC15_JOINTS:
+            np.testing.assert_array_equal(coco[:, j], poses[:, PANOPTIC15_JOINTS.index(name)])
+        else:  # eyes and ears
+            assert not coco[:, j].any()
+    back = coco17_to_panoptic15(coco)  # neck and mid-hip come back as the midpoints
+    shoulders = [PANOPTIC15_JOINTS.index(n) for n in ("l_shoulder", "r_shoulder")]
+    np.testing.assert_allclose(back[:, 0, :2], poses[:, shoulders, :2].mean(axis=1))
+    with pytest.raises(ValueError, match="15 joints"):
+        panoptic15_to_coco17(np.zeros((2, 17, 3)))

@@ -32,7 +32,7 @@ import numpy as np
 from selfpose3d.cli import main as selfpose3d
 from selfpose3d.data import panoptic_layout as layout
 from selfpose3d.data.pseudo_labels import read_pseudo_labels
-from selfpose3d.skeleton import COCO17_JOINTS, PANOPTIC15_JOINTS
+from selfpose3d.skeleton import COCO17_JOINTS, panoptic15_to_coco17
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET = REPO / "configs" / "cpu.yaml"
@@ -51,15 +51,6 @@ def scene_overrides(frames: int, width: int, height: int, seed: int) -> list[str
     ]  # fmt: skip
 
 
-def to_coco17(poses15: np.ndarray) -> np.ndarray:
-    """(P, 15, 3) Panoptic-15 -> (P, 17, 3) COCO-17 (x px, y px, conf); eyes and ears conf 0."""
-    out = np.zeros((len(poses15), 17, 3), np.float32)
-    for j, name in enumerate(COCO17_JOINTS):
-        if name in PANOPTIC15_JOINTS:
-            out[:, j] = poses15[:, PANOPTIC15_JOINTS.index(name)]
-    return out
-
-
 def write_coco(labels: dict, size: dict, path: Path) -> int:
     """{recording frame: {camera: (P, 15, 3)}} -> a COCO keypoints dataset file; returns the
     number of annotations. A person's score is the mean confidence of its reported joints."""
@@ -69,7 +60,7 @@ def write_coco(labels: dict, size: dict, path: Path) -> int:
             image_id = len(images)
             images.append({"id": image_id, "file_name": f"{cam}/{cam}_{frame:08d}.jpg",
                            "width": size[cam][0], "height": size[cam][1]})  # fmt: skip
-            for person in to_coco17(poses):
+            for person in panoptic15_to_coco17(poses):
                 conf = person[:, 2]
                 reported = conf > 0
                 xyv = np.concatenate([person[:, :2], reported[:, None] * 2.0], axis=1)

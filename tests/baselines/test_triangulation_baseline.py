@@ -20,19 +20,11 @@ from selfpose3d.data.panoptic import MultiViewFrame
 from selfpose3d.evaluation import evaluate_panoptic
 from selfpose3d.evaluation.panoptic import match_frame
 from selfpose3d.geometry.camera import Camera
-from selfpose3d.skeleton import NUM_JOINTS, ROOT_INDEX
+from selfpose3d.skeleton import NUM_JOINTS, ROOT_INDEX, STANDING_POSE
 
 CENTER, SIZE = np.array([0.0, -250.0, 800.0]), np.array([3400.0, 3000.0, 2000.0])
 CFG = TriangulationConfig(space_center=CENTER.tolist(), space_size=SIZE.tolist())
 
-# A person standing upright facing +y (their left is -x), mm; Panoptic-15 order.
-STANDING = np.array([
-    [0, 0, 1500], [0, 100, 1620], [0, 0, 950],
-    [-180, 0, 1480], [-200, 30, 1180], [-210, 80, 930],
-    [-100, 0, 940], [-110, 20, 510], [-110, 0, 90],
-    [180, 0, 1480], [200, 30, 1180], [210, 80, 930],
-    [100, 0, 940], [110, 20, 510], [110, 0, 90],
-], dtype=np.float64)  # fmt: skip
 
 
 def look_at(centre: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -68,7 +60,7 @@ def make_people(rng: np.random.Generator, n: int) -> np.ndarray:
             continue
         yaw = rng.uniform(0, 2 * np.pi)
         Rz = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
-        people.append(rng.uniform(0.8, 1.1) * STANDING @ Rz.T + [*xy, 0.0])
+        people.append(rng.uniform(0.8, 1.1) * STANDING_POSE @ Rz.T + [*xy, 0.0])
         roots.append(xy)
     return np.stack(people)
 
@@ -140,7 +132,7 @@ def test_rigid_motion_of_world_and_cameras_moves_the_poses_alike() -> None:
 def test_person_outside_the_space_is_filtered_out() -> None:
     rng = np.random.default_rng(3)
     cams, people = make_cameras(rng, 4), make_people(rng, 3)
-    outsider = STANDING + [CENTER[0] + SIZE[0] / 2 + 900, CENTER[1], 0.0]  # seen by every view
+    outsider = STANDING_POSE + [CENTER[0] + SIZE[0] / 2 + 900, CENTER[1], 0.0]  # seen by every view
     frame = make_frame(cams, np.concatenate([people, outsider[None]]))
     frame.gt_poses = frame.gt_poses[:3]  # absent from the GT, like the synthetic bystanders
     poses, _ = triangulate_frame(frame, CFG)

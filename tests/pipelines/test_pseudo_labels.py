@@ -20,7 +20,11 @@ from selfpose3d.data.config import DataConfig
 from selfpose3d.data.panoptic import MultiViewFrame, PanopticReader
 from selfpose3d.data.pseudo_labels import read_pseudo_labels
 from selfpose3d.data.synthetic import PeopleConfig, RigConfig, SynthConfig, generate
-from selfpose3d.skeleton import COCO17_JOINTS, PANOPTIC15_JOINTS, coco17_to_panoptic15
+from selfpose3d.skeleton import (
+    PANOPTIC15_JOINTS,
+    coco17_to_panoptic15,
+    panoptic15_to_coco17,
+)
 
 CAMERAS = ["00_03", "00_12"]
 BROKEN = ("synth_train_00", "00_12")  # (sequence, camera) of an undecodable image
@@ -156,8 +160,6 @@ def to_coco(root: Path) -> tuple[dict, list[dict]]:
     """The root's pseudo labels as a COCO dataset (images + annotations with keypoint_scores)
     and as a results list with visibility flags only (conf > 0 -> v = 2, score 1)."""
     images, annotations, results = [], [], []
-    src = [PANOPTIC15_JOINTS.index(n) for n in COCO17_JOINTS if n in PANOPTIC15_JOINTS]
-    dst = [i for i, n in enumerate(COCO17_JOINTS) if n in PANOPTIC15_JOINTS]
     for seq in sequences(root):
         labels, sizes = read_pseudo_labels(layout.pseudo_label_path(root, seq))
         for frame, per_cam in sorted(labels.items()):
@@ -165,9 +167,7 @@ def to_coco(root: Path) -> tuple[dict, list[dict]]:
                 image_id = len(images)
                 images.append({"id": image_id, "width": sizes[cam][0], "height": sizes[cam][1],
                                "file_name": f"{seq}/hdImgs/{cam}/{cam}_{frame:08d}.jpg"})
-                coco = np.zeros((len(poses), 17, 3))
-                coco[:, dst] = poses[:, src]  # eyes and ears: unknown, confidence 0
-                for person in coco:
+                for person in panoptic15_to_coco17(poses.astype(np.float64)):
                     xyv = np.concatenate([person[:, :2], 2.0 * (person[:, 2:] > 0)], axis=1)
                     keypoints = xyv.reshape(-1).tolist()
                     annotations.append({"image_id": image_id, "keypoints": keypoints,
