@@ -30,7 +30,7 @@ from typing import Any, Literal, TypedDict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.session import ray_session
+from pipelines.session import map_tasks
 from selfpose3d.data.config import DataConfig
 from selfpose3d.data.panoptic import MultiViewFrame, PanopticReader, Split
 from selfpose3d.data.schema import SCHEMA_VERSION, frames_to_table
@@ -111,27 +111,6 @@ def _run_plain(src: Path, stage: Path, cfg_json: str, shards: list[Shard], progr
 
     return [ingest_shard(shard, root=str(src), cfg_json=cfg_json, stage=str(stage))
             for shard in tqdm(shards, desc="ingest", unit="shard", disable=not progress)]
-
-
-def _run_ray(src: Path, stage: Path, cfg_json: str, shards: list[Shard], num_cpus: int | None,
-             progress: bool) -> list[dict[str, Any]]:  # fmt: skip
-    """A Ray Data job over shards: each task reads its frames and writes its own file, so the
-    image bytes never cross the object store."""
-    with ray_session(num_cpus=num_cpus) as ray:
-        from ray.data import DataContext, TaskPoolStrategy
-
-        workers = num_cpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        ctx = DataContext.get_current()
-        saved = ctx.enable_progress_bars
-        ctx.enable_progress_bars = progress
-        try:
-            ds = ray.data.from_items(shards, override_num_blocks=len(shards))
-            ds = ds.map(ingest_shard, num_cpus=1,
-                        compute=TaskPoolStrategy(size=min(workers, len(shards))),
-                        fn_kwargs={"root": str(src), "cfg_json": cfg_json, "stage": str(stage)})
-            return ds.take_all()
-        finally:
-            ctx.enable_progress_bars = saved
 
 
 # -- the job --------------------------------------------------------------------------------
@@ -222,7 +201,10 @@ def ingest(src: Path, out: Path, cfg: DataConfig, *, engine: Literal["ray", "pla
         shards = make_shards(plan, cfg.rows_per_shard)
         cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
         if engine == "ray":
-            results = _run_ray(src, stage, cfg_json, shards, num_cpus, progress)
+            # Each task reads its shard's frames and writes its own file: the image bytes never
+            # cross the object store.
+            results = map_tasks(shards, ingest_shard, {"root": str(src), "cfg_json": cfg_json,
+                                "stage": str(stage)}, num_cpus=num_cpus, progress=progress)
         else:
             results = _run_plain(src, stage, cfg_json, shards, progress)
         rejected = [r for res in results for r in json.loads(res["rejected"])]

@@ -166,10 +166,10 @@ def _plain_engine(cfg: DetectorConfig, batch_size: int, use_gpu: bool | None,
 def _ray_engine(cfg: DetectorConfig, batch_size: int, actors: int | None,
                 use_gpu: bool | None, address: str | None, progress: bool
                 ) -> Iterator[RunViews]:  # fmt: skip
-    from pipelines.session import ray_session
+    from pipelines.session import data_progress_bars, ray_session
 
     with ray_session(address) as ray:
-        from ray.data import ActorPoolStrategy, DataContext
+        from ray.data import ActorPoolStrategy
 
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
@@ -181,10 +181,7 @@ def _ray_engine(cfg: DetectorConfig, batch_size: int, actors: int | None,
 
         def run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             n_batches = math.ceil(len(rows) / batch_size)
-            ctx = DataContext.get_current()
-            saved = ctx.enable_progress_bars
-            ctx.enable_progress_bars = progress
-            try:
+            with data_progress_bars(progress):
                 ds = ray.data.from_items(rows, override_num_blocks=n_batches)
                 ds = ds.map_batches(
                     DetectBatch, fn_constructor_kwargs={"cfg": cfg}, batch_size=batch_size,
@@ -192,8 +189,6 @@ def _ray_engine(cfg: DetectorConfig, batch_size: int, actors: int | None,
                     **({"num_gpus": 1} if on_gpu else {"num_cpus": 1}),
                 )  # fmt: skip
                 return ds.take_all()
-            finally:
-                ctx.enable_progress_bars = saved
 
         yield run
 

@@ -30,7 +30,7 @@ from typing import Any, Literal, TypedDict
 import cv2
 
 from pipelines.ingest import _replace_dir
-from pipelines.session import ray_session
+from pipelines.session import map_tasks
 from selfpose3d.data import panoptic_layout as layout
 from selfpose3d.data.recordings import Recording, RecordingInput, open_recording
 from selfpose3d.geometry.camera import Camera
@@ -91,24 +91,6 @@ def _run_plain(chunks: list[Chunk], kwargs: dict[str, Any], progress: bool
         if results[-1]["error"]:
             break  # nothing will be kept: stop at the first bad frame
     return results
-
-
-def _run_ray(chunks: list[Chunk], kwargs: dict[str, Any], num_cpus: int | None,
-             address: str | None, progress: bool) -> list[dict[str, Any]]:  # fmt: skip
-    with ray_session(address, num_cpus=num_cpus) as ray:
-        from ray.data import DataContext, TaskPoolStrategy
-
-        workers = num_cpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        ctx = DataContext.get_current()
-        saved = ctx.enable_progress_bars
-        ctx.enable_progress_bars = progress
-        try:
-            ds = ray.data.from_items(chunks, override_num_blocks=len(chunks))
-            ds = ds.map(write_chunk, num_cpus=1, fn_kwargs=kwargs,
-                        compute=TaskPoolStrategy(size=min(workers, len(chunks))))  # fmt: skip
-            return ds.take_all()
-        finally:
-            ctx.enable_progress_bars = saved
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -258,7 +240,8 @@ def import_recording(
         chunks = make_chunks(recording.frames, chunk_frames)
         kwargs = {"recording": recording, "stage": str(stage), "jpeg_quality": jpeg_quality}
         if engine == "ray":
-            results = _run_ray(chunks, kwargs, num_cpus, address, progress)
+            results = map_tasks(chunks, write_chunk, kwargs, address=address,
+                                num_cpus=num_cpus, progress=progress)
         else:
             results = _run_plain(chunks, kwargs, progress)
         results.sort(key=lambda r: r["index"])

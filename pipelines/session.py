@@ -67,3 +67,36 @@ def ray_session(
         data_logger.setLevel(saved_level)
         if started:
             ray.shutdown()
+
+
+@contextmanager
+def data_progress_bars(enabled: bool) -> Iterator[None]:
+    """Ray Data's progress bars on or off for the jobs run inside (the setting is global)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = ctx.enable_progress_bars
+    ctx.enable_progress_bars = enabled
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars = saved
+
+
+def map_tasks(items: list[dict[str, Any]], fn: Any, fn_kwargs: dict[str, Any], *,
+              address: str | None = None, num_cpus: int | None = None,
+              progress: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+    """``fn(item, **fn_kwargs)`` for every item as a Ray Data job, one task (1 CPU) per item,
+    at most ``num_cpus`` (default: the cluster's CPUs) at a time; returns the results.
+
+    Each task does its own reading and writing, so bulk data (images) never crosses the
+    object store; only the items and the small results do."""
+    with ray_session(address, num_cpus=num_cpus) as ray:
+        from ray.data import TaskPoolStrategy
+
+        workers = num_cpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        with data_progress_bars(progress):
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            ds = ds.map(fn, num_cpus=1, fn_kwargs=fn_kwargs,
+                        compute=TaskPoolStrategy(size=min(workers, len(items))))  # fmt: skip
+            return ds.take_all()
