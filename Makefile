@@ -15,9 +15,10 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -m "not cluster" tests
+	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
-# Fault drills against a real local Ray cluster and MLflow server (~7 min on 2 cores).
+# Only the fault drill against a real local Ray cluster and MLflow server (part of `make
+# test`), printing what it observed.
 test-cluster: $(VENV)/.installed
 	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m cluster -s tests/cluster
 

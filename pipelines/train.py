@@ -70,7 +70,6 @@ def train_on_ray(
     tracking_uri: str | None = None,
     eval_split: str | None = "test",
     progress: bool = True,
-    fail_after_checkpoints: int = 0,
     init: str | Path | None = None,
     eval_sequences: Sequence[str] | None = None,
     exclude_sequences: Sequence[str] = (),
@@ -85,9 +84,7 @@ def train_on_ray(
     Ray must be initialised (``ray.init(address=...)``) by the caller. use_gpu: None = use
     GPUs when the cluster has one per worker. resume: continue the run already in
     ``out_dir``; without it such a directory is refused, so that no run is mixed up with
-    another by accident. fail_after_checkpoints: a fault drill (tests, checking a cluster's
-    recovery): a worker of a run that did not start from a checkpoint raises after reporting
-    that many checkpoints; 0 = never. init: a checkpoint or run whose backbone and root_net
+    another by accident. init: a checkpoint or run whose backbone and root_net
     a fresh run starts from. eval_sequences: score only these sequences of ``eval_split``;
     exclude_sequences: train without these sequences (a validation set held out of the
     train split). callbacks: Ray Train callbacks (e.g. Tune's report callback: every
@@ -127,7 +124,7 @@ def train_on_ray(
         train_loop_config={
             "config": config_to_dict(cfg), "stages": stages, "out_dir": str(out_dir),
             "data_dir": str(data_dir), "eval_split": eval_split, "tracking_uri": tracking_uri,
-            "progress": progress, "fail_after_checkpoints": fail_after_checkpoints,
+            "progress": progress,
             "init": None if init is None else str(init), "eval_sequences": eval_sequences,
             "tracking_tags": dict(tracking_tags or {}), "objective": objective,
         },  # fmt: skip
@@ -172,18 +169,12 @@ def _eval_frames(data_dir: Path, split: str, sequences: Sequence[str] | None) ->
     return [f for f in frames if f.sequence in set(sequences)]
 
 
-class InjectedFailure(RuntimeError):
-    """The fault drill of ``fail_after_checkpoints``."""
-
-
 class _RayCheckpoints:
     """Checkpoints reported to Ray Train: rank 0 attaches the state, every rank reports
     (a report is a barrier)."""
 
-    def __init__(self, rank: int, fail_after: int = 0) -> None:
+    def __init__(self, rank: int) -> None:
         self.rank = rank
-        self.fail_after = fail_after
-        self.saved = 0
         self.evaluation: dict[str, Any] = {}  # rank 0's latest per-epoch evaluation
 
     def save(self, state: dict[str, Any]) -> None:
@@ -201,9 +192,6 @@ class _RayCheckpoints:
             metrics = {**self.evaluation, **position}
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         self.evaluation = {}
-        self.saved += 1
-        if self.saved == self.fail_after:
-            raise InjectedFailure(f"fault drill: stopping after {self.saved} checkpoint(s)")
 
 
 def _latest_state() -> dict[str, Any] | None:
@@ -259,7 +247,7 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
     last_reported = {"step": 0.0}
-    checkpoints = _RayCheckpoints(rank, config["fail_after_checkpoints"])
+    checkpoints = _RayCheckpoints(rank)
 
     def report(metrics: dict[str, Any]) -> None:
         # Every rank reaches the same steps. Rank 0's per-epoch evaluation (no "step") rides
@@ -289,8 +277,6 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
         eval_frames = _eval_frames(Path(config["data_dir"]), config["eval_split"],
                                    config["eval_sequences"])  # fmt: skip
     latest = _latest_state()
-    if latest is not None:
-        checkpoints.fail_after = 0
     run_context = RunContext(
         rank=rank, world_size=world, device=device, wrap=wrap, checkpoints=checkpoints,
         latest=latest, frames_per_worker=(int(counts[0]), int(counts[1])),

@@ -237,10 +237,13 @@ def add_node(
     num_cpus: int = 1,
     resources: dict[str, float] | None = None,
     env: dict[str, str] | None = None,
-    timeout: float = 90.0,
+    timeout: float = 60.0,
+    attempts: int = 2,
 ) -> Service:
     """Start one more Ray node on this machine, joined to the recorded head; named
-    ``ray-node-<n>``. Waits until the cluster counts it as alive."""
+    ``ray-node-<n>``. Waits until the cluster counts it as alive; a node that has not
+    registered after ``timeout`` s (seen once in a busy test session) is killed and started
+    again with fresh ports, up to ``attempts`` times."""
     state_dir = Path(state_dir)
     head = load(state_dir, HEAD)
     if head is None or not head.alive():
@@ -249,19 +252,38 @@ def add_node(
     n = 1
     while load(state_dir, f"ray-node-{n}") is not None:
         n += 1
-    command = [
-        _bin("ray"), "start", "--block", "--disable-usage-stats",
-        f"--address={head.addresses['gcs']}", f"--node-ip-address={host}",
-        f"--num-cpus={num_cpus}", *_node_ports(host),
-    ]  # fmt: skip
-    if resources:
-        command.append(f"--resources={json.dumps(resources)}")
+    name = f"ray-node-{n}"
     auth_mode = head.addresses.get("auth_mode", "token")
-    before = _alive_nodes(head)
-    service = _launch(state_dir, f"ray-node-{n}", command, _env(auth_mode) | dict(env or {}),
-                      {"gcs": head.addresses["gcs"], "auth_mode": auth_mode})  # fmt: skip
-    _wait(service, lambda: _alive_nodes(head) > before, timeout, "the node")
-    return service
+    before = _wait_value(lambda: _alive_nodes(head), timeout, "the head's State API")
+    failures: list[str] = []
+    for _ in range(max(attempts, 1)):
+        command = [
+            _bin("ray"), "start", "--block", "--disable-usage-stats",
+            f"--address={head.addresses['gcs']}", f"--node-ip-address={host}",
+            f"--num-cpus={num_cpus}", *_node_ports(host),
+        ]  # fmt: skip
+        if resources:
+            command.append(f"--resources={json.dumps(resources)}")
+        service = _launch(state_dir, name, command, _env(auth_mode) | dict(env or {}),
+                          {"gcs": head.addresses["gcs"], "auth_mode": auth_mode})  # fmt: skip
+        try:
+            _wait(service, lambda: _alive_nodes(head) > before, timeout, "the node")
+            return service
+        except ClusterError as e:
+            failures.append(str(e))
+            stop(state_dir, [name], timeout=10)
+    raise ClusterError(f"{name} did not join after {len(failures)} attempt(s):\n"
+                       + "\n".join(failures))  # fmt: skip
+
+
+def _wait_value(value: Callable[[], int], timeout: float, what: str) -> int:
+    """The first non-negative ``value()`` within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while (found := value()) < 0:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{what} did not answer within {timeout:.0f} s")
+        time.sleep(0.5)
+    return found
 
 
 def _ensure_token() -> None:

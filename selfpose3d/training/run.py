@@ -174,7 +174,8 @@ def train_frames(
     context: RunContext | None = None,
     init: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run ``stages`` in order on ``frames`` (this worker's training frames).
+    """Run ``stages`` in order on ``frames`` (this worker's training frames, in any order:
+    they are sorted by sequence and frame first).
 
     report: called every ``train.log_every`` steps with the stage's metrics (floats) plus
     ``"stage"`` (its name). preset: the name stored in (and required of) checkpoints;
@@ -199,6 +200,10 @@ def train_frames(
     preset = cfg.train.preset if preset is None else preset
     configure_torch(cfg.train)
     seed_everything(cfg.train.seed)
+    # Ray Data hands a worker its shard in whatever order its blocks finish; sorting makes
+    # the seeded batch draws pick the same frames every time, so that a run (and a sweep
+    # trial) trains the same way whichever order the frames arrived in.
+    frames = sorted(frames, key=lambda f: (f.sequence, f.frame))
     gt_frames = [f for f in frames if f.gt_poses is not None]
     if "supervised" in stages and not gt_frames:
         raise ValueError("the supervised stage needs 3D ground truth; the train split has none")
@@ -216,6 +221,9 @@ def train_frames(
     latest = latest if resume else None
     if latest is not None:
         load_model_weights(model, latest, signature, "the latest checkpoint")
+        if ctx.is_main:  # in a job's log, each restart says where it picked up
+            print(f"resuming from the checkpoint at stage {latest['stage']}, epoch "
+                  f"{latest['epoch']}, step {latest['step']}", flush=True)  # fmt: skip
         completed = list(latest.get("completed_stages", []))
         if latest["stage_done"]:
             completed.append(latest["stage"])

@@ -1,13 +1,15 @@
 """A real local cluster: a Ray head started with `ray start --head`, a second Ray node, a real
-`mlflow server`; `selfpose3d train` submitted as Ray jobs, and faults injected by killing real
-processes: a Train worker, the node holding a worker, the job's driver, the MLflow server.
+`mlflow server`; `selfpose3d train` submitted as a Ray job, and faults injected into that one
+run by killing real processes, one after the other: the MLflow server, a Train worker, the node
+holding a worker, the job's driver.
 
 Every service binds 127.0.0.1 on free ports, runs in its own process group and is stopped in
-the fixture's finaliser, whatever the tests did.
+the fixture's finaliser, whatever the test did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 SELFPOSE3D = str(Path(sys.executable).with_name("selfpose3d"))
 STEPS_PER_EPOCH = 8
 CHECKPOINT_EVERY = 2
-ROOT_EPOCHS = 3
+ROOT_EPOCHS = 4  # room for three faults, each followed by a recovery checkpoint
 TRAIN = [
     "--config", "configs/smoke.yaml", "--stages", "root", "pose", "--workers", "2",
     "--placement-strategy", "SPREAD", "--eval-split", "", "--quiet",
@@ -184,10 +186,17 @@ def assert_tracked_without_gaps(cluster: Cluster, out: Path) -> None:
     assert params["train.checkpoint_every"] == str(CHECKPOINT_EVERY) and params["workers"] == "2"
 
 
-def resumed_position(log: str) -> tuple[str, int]:
-    line = next(x for x in log.splitlines() if x.startswith("resumed from the checkpoint"))
-    words = line.replace(",", "").split()
-    return words[words.index("stage") + 1], int(words[words.index("step") + 1])
+def resumed_positions(log: str) -> list[tuple[str, int]]:
+    """(stage, step) of every "resuming from the checkpoint" line, in order: one per start of
+    a worker group from a checkpoint. A job's log can repeat a worker's line; the worker's
+    pid tells the repeats apart from a new start."""
+    found: dict[tuple[str, str, int], None] = {}
+    for line in log.splitlines():
+        if "resuming from the checkpoint at stage" in line:
+            pid = line.split("pid=", 1)[1].split(")", 1)[0] if "pid=" in line else ""
+            words = line[line.index("resuming"):].replace(",", "").split()
+            found[pid, words[words.index("stage") + 1], int(words[words.index("step") + 1])] = None
+    return [(stage, step) for _, stage, step in found]
 
 
 def at_or_after(position: tuple[str, int], reference: tuple[str, int]) -> bool:
@@ -195,15 +204,42 @@ def at_or_after(position: tuple[str, int], reference: tuple[str, int]) -> bool:
     return (order[position[0]], position[1]) >= (order[reference[0]], reference[1])
 
 
-# -- tests -------------------------------------------------------------------------------------
+def restarted_checkpoint(cluster: Cluster, out: Path, seen: tuple[str, int],
+                         before: set[int], proc: subprocess.Popen) -> tuple[str, int]:  # fmt: skip
+    """The first checkpoint newer than ``seen`` registered by a new worker group (no pid of
+    ``before``): the proof that the run restarted and went on."""
+    wait_for("a new worker group", lambda: (pids := {w.pid for w in train_workers(cluster)})
+             and len(pids) == 2 and not pids & before, proc=proc)  # fmt: skip
+    return wait_for("a checkpoint after the restart",
+                    lambda: (r := registered(out)) and not at_or_after(seen, r) and r,
+                    proc=proc)  # fmt: skip
 
 
-def test_killed_worker_and_mlflow_outage(cluster, smoke_data, tmp_path):
-    """A submitted job: a Train worker is SIGKILLed mid-training while the MLflow server is
-    down; the run restarts from its latest checkpoint, finishes, and MLflow, once back, holds
-    every step exactly once."""
+# -- the drill ---------------------------------------------------------------------------------
+
+
+def test_one_run_survives_every_fault(cluster, smoke_data, tmp_path):
+    """One submitted run (2 workers, one per node), and in turn:
+
+    1. the MLflow server stops, then a Train worker is SIGKILLed: the run restarts from its
+       latest checkpoint, warns about MLflow, and MLflow gets the steps once it is back;
+    2. the second node, holding one worker, is killed (its raylet and workers, SIGKILL): the
+       run restarts on the head from its latest checkpoint;
+    3. the job's driver is SIGKILLed: the job fails; `train --resume`, submitted again,
+       continues from the last checkpoint and finishes.
+
+    Each restart resumes at or after the checkpoint registered when the fault hit (so at most
+    CHECKPOINT_EVERY steps are trained again), and MLflow ends with every step exactly once.
+    """
+    from ray.util.state import list_nodes
+
+    from cluster import jobs
+
     out = tmp_path / "run"
     proc = submit(cluster, out, smoke_data)
+    observed = []
+
+    # 1. MLflow outage, then a worker killed.
     first = wait_for("the first checkpoint", lambda: registered(out), proc=proc)
     local.stop(cluster.state, [local.MLFLOW], timeout=10)
     # A flush (next to each checkpoint) meets the dead server before the worker dies.
@@ -213,75 +249,58 @@ def test_killed_worker_and_mlflow_outage(cluster, smoke_data, tmp_path):
     assert len(workers) == 2
     os.kill(workers[0].pid, signal.SIGKILL)
     killed_at, trained = time.monotonic(), flushed_steps(out)
-    after = wait_for("a checkpoint after the restart",
-                     lambda: (r := registered(out)) and not at_or_after(seen, r) and r,
-                     proc=proc)  # fmt: skip
-    recovery_s = time.monotonic() - killed_at
+    after = restarted_checkpoint(cluster, out, seen, {w.pid for w in workers}, proc)
+    observed.append(("worker SIGKILL (MLflow down)", seen, trained, after,
+                     time.monotonic() - killed_at))  # fmt: skip
     local.start_mlflow(cluster.state, port=cluster.mlflow_port)
-    code, log = wait_job(proc, out)
-    assert code == 0, log[-3000:]
-    assert "SUCCEEDED" in log
-    resumed = resumed_position(log)
-    assert at_or_after(resumed, seen), (resumed, seen)  # at most CHECKPOINT_EVERY steps again
-    assert f"MLflow tracking at {cluster.tracking_uri} failed" in log
-    assert_tracked_without_gaps(cluster, out)
-    print(f"\nworker kill: resumed at {resumed} (registered checkpoint at the kill: {seen}; "
-          f"steps written by then: {trained}); next checkpoint {after} {recovery_s:.1f} s "
-          f"after the kill")
 
+    # 2. The node holding a worker removed.
+    nodes = {n.node_id: n for n in list_nodes(address=cluster.dashboard, detail=True)}
+    workers = train_workers(cluster)
+    on_second = [w for w in workers if not nodes[w.node_id].is_head_node]
+    assert len(workers) == 2 and len(on_second) == 1  # SPREAD: one worker per node
+    seen = registered(out)
+    # The machine goes away: its Ray processes (the node's process group) and the worker
+    # it ran, which Ray puts in a process group of its own.
+    os.killpg(local.load(cluster.state, "ray-node-1").pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(on_second[0].pid, signal.SIGKILL)
+    killed_at, trained = time.monotonic(), flushed_steps(out)
+    after = restarted_checkpoint(cluster, out, seen, {w.pid for w in workers}, proc)
+    observed.append(("second node SIGKILL", seen, trained, after, time.monotonic() - killed_at))
 
-def test_killed_driver_resumes_with_train_resume(cluster, smoke_data, tmp_path):
-    """SIGKILL to the job's driver (the `selfpose3d train` process) fails the job; `train
-    --resume` submitted again continues from the last checkpoint."""
-    from cluster import jobs
-
-    out = tmp_path / "run"
-    proc = submit(cluster, out, smoke_data)
-    wait_for("a checkpoint after the first epoch",
-             lambda: (registered(out) or ("", 0))[1] > STEPS_PER_EPOCH, proc=proc)
+    # 3. The driver killed, then `train --resume` submitted.
     job_id = next(j["submission_id"] for j in jobs.list_jobs(cluster.dashboard)
                   if j["status"] == "RUNNING" and str(out) in j["entrypoint"])  # fmt: skip
     driver = jobs.client(cluster.dashboard).get_job_info(job_id).driver_info.pid
     os.kill(int(driver), signal.SIGKILL)
+    killed_at = time.monotonic()
+    code, log = wait_job(proc, out)
     seen, trained = registered(out), flushed_steps(out)
-    code, log = wait_job(proc, out)
-    assert code == 1 and "FAILED" in log
+    assert code == 1 and "FAILED" in log, log[-3000:]
+    assert f"MLflow tracking at {cluster.tracking_uri} failed" in log
+    restarts = resumed_positions(log)
+    assert len(restarts) == 2, restarts
+    for (what, at_fault, *_), resumed in zip(observed, restarts, strict=True):
+        assert at_or_after(resumed, at_fault), (what, resumed, at_fault)
+
     code, log = wait_job(submit(cluster, out, smoke_data, "--resume"), out)
-    assert code == 0, log[-3000:]
-    resumed = resumed_position(log)
-    assert resumed == seen, (resumed, seen)
+    assert code == 0 and "SUCCEEDED" in log, log[-3000:]
+    assert resumed_positions(log) == [seen], (resumed_positions(log), seen)
+    finished_s = time.monotonic() - killed_at
     assert_tracked_without_gaps(cluster, out)
-    print(f"\ndriver kill: resumed at {resumed}, the registered checkpoint when it died "
-          f"(steps written by then: {trained})")
-
-
-def test_removed_node_recovers(cluster, smoke_data, tmp_path):
-    """The second node, holding one of the two workers, is killed (its raylet and workers,
-    SIGKILL): the run restarts on the head from its latest checkpoint and finishes."""
-    from ray.util.state import list_nodes
-
-    out = tmp_path / "run"
-    proc = submit(cluster, out, smoke_data)
-    wait_for("the first checkpoint", lambda: registered(out), proc=proc)
-    nodes = {n.node_id: n for n in list_nodes(address=cluster.dashboard, detail=True)}
-    on_second = [w for w in train_workers(cluster) if not nodes[w.node_id].is_head_node]
-    assert len(on_second) == 1  # SPREAD: one worker per node
-    seen = registered(out)
-    node = local.load(cluster.state, "ray-node-1")
-    os.killpg(node.pid, signal.SIGKILL)
-    killed_at, trained = time.monotonic(), flushed_steps(out)
-    after = wait_for("a checkpoint after the restart",
-                     lambda: (r := registered(out)) and not at_or_after(seen, r) and r,
-                     proc=proc)  # fmt: skip
-    recovery_s = time.monotonic() - killed_at
-    code, log = wait_job(proc, out)
-    assert code == 0, log[-3000:]
-    assert at_or_after(resumed_position(log), seen)
-    # Filtered here, not by the State API: its "total" counts the nodes before the filter
-    # and it then reports the filtered answer as truncated.
-    dead = [n.node_id for n in list_nodes(address=cluster.dashboard) if n.state == "DEAD"]
+    # The run restarted as soon as its worker died; the GCS marks the node DEAD once its
+    # health checks have failed. Filtered here, not by the State API: its "total" counts the
+    # nodes before the filter and it then reports the filtered answer as truncated.
+    dead = wait_for("the second node marked DEAD", lambda: [
+        n.node_id for n in list_nodes(address=cluster.dashboard) if n.state == "DEAD"])
     assert dead == [on_second[0].node_id]
-    assert_tracked_without_gaps(cluster, out)
-    print(f"\nnode removal: resumed at {resumed_position(log)} (registered checkpoint at the "
-          f"kill: {seen}; steps written by then: {trained}); next checkpoint {after} "
-          f"{recovery_s:.1f} s after the kill")
+
+    print()
+    for (what, at_fault, written, next_checkpoint, seconds), resumed in zip(
+            observed, restarts, strict=True):  # fmt: skip
+        print(f"{what}: registered checkpoint at the fault {at_fault}, steps written by then "
+              f"{written}; resumed at {resumed}; next checkpoint {next_checkpoint} "
+              f"{seconds:.1f} s after the fault")
+    print(f"driver SIGKILL: registered checkpoint {seen}, steps written {trained}; "
+          f"`train --resume` resumed at {seen}; finished {finished_s:.1f} s after the kill")

@@ -1,5 +1,5 @@
 """Ray Train shell on the smoke preset: real local Ray, 2 Gloo workers, a real SQLite MLflow
-store; a run stopped after its first checkpoint resumes from it."""
+store. Restarts and resumes are drilled against real processes in tests/cluster."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.train import train_on_ray
+from pipelines.train import RAY_RUN_NAME, train_on_ray
 from selfpose3d.config import load_config
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
@@ -72,41 +72,6 @@ def test_two_workers_train_and_track(ray_session, smoke_data, tmp_path, mlflow_c
     assert sum(r["stage"] == "root" and "loss" in r["metrics"] for r in records) == 6
 
 
-def test_a_stopped_run_resumes_from_its_checkpoint(ray_session, smoke_data, tmp_path,
-                                                   mlflow_client):  # fmt: skip
-    uri, client = mlflow_client
-    run = tmp_path / "run"
-    cfg = load_config(SMOKE, FAST)
-    with pytest.raises(Exception, match="fault drill"):
-        train_on_ray(cfg, smoke_data, run, ["root"], workers=1, tracking_uri=uri,
-                     max_failures=0, eval_split=None, fail_after_checkpoints=1,
-                     progress=False)  # fmt: skip
-    with pytest.raises(FileExistsError, match="--resume"):
-        train_on_ray(cfg, smoke_data, run, ["root"], workers=1, tracking_uri=uri,
-                     eval_split=None, progress=False)  # fmt: skip
-
-    summary = train_on_ray(cfg, smoke_data, run, ["root"], workers=1, tracking_uri=uri,
-                           resume=True, eval_split=None, progress=False)  # fmt: skip
-    # The first checkpoint closed epoch 0 at step 3; the rerun trained epoch 1 only.
-    assert summary["resumed_from"] == {"stage": "root", "epoch": 1, "step": 3}
-    assert summary["metrics"]["root"]["step"] == 6
-    parent = json.loads((run / "mlflow.json").read_text())["parent_run_id"]
-    assert parent == summary["mlflow_run_id"]
-    stages = children(client, parent)
-    assert list(stages) == ["root"]  # the same child run was reopened
-    assert history(client, stages["root"], "loss") == [1, 2, 3, 4, 5, 6]  # no gap, no repeat
-
-
-def test_a_failed_worker_is_retried_and_resumes(ray_session, smoke_data, tmp_path,
-                                                mlflow_client):  # fmt: skip
-    uri, _ = mlflow_client
-    summary = train_on_ray(load_config(SMOKE, FAST), smoke_data, tmp_path / "run", ["root"],
-                           workers=1, tracking_uri=uri, max_failures=1, eval_split=None,
-                           fail_after_checkpoints=1, progress=False)  # fmt: skip
-    assert summary["resumed_from"] == {"stage": "root", "epoch": 1, "step": 3}
-    assert summary["metrics"]["root"]["step"] == 6
-
-
 def test_bad_inputs_are_refused_before_ray_starts_work(ray_session, smoke_data, tmp_path):
     cfg = load_config(SMOKE, FAST)
     with pytest.raises(FileNotFoundError, match="no 'train' split"):
@@ -115,6 +80,9 @@ def test_bad_inputs_are_refused_before_ray_starts_work(ray_session, smoke_data, 
         train_on_ray(cfg, smoke_data, tmp_path / "run", eval_split="validation")
     with pytest.raises(ValueError, match="workers must be >= 1"):
         train_on_ray(cfg, smoke_data, tmp_path / "run", workers=0)
+    (tmp_path / "run" / RAY_RUN_NAME).mkdir(parents=True)  # an earlier run's Ray Train state
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_on_ray(cfg, smoke_data, tmp_path / "run")
 
 
 def test_one_and_two_workers_learn_alike(ray_session, smoke_data, tmp_path):

@@ -93,6 +93,34 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_sess
     ), "one MLflow run per trial, none duplicated"
     assert len([r for r in runs if r.data.tags.get("selfpose3d.sweep_role") == "shared"]) == 1
     check_sweep_result(result, out, uri)
+    check_seed_benchmark(result, out, smoke_data)
+
+
+def check_seed_benchmark(result, out: Path, data: Path) -> None:
+    """benchmarks/sweep_seeds.py retrains the best and the paper's point as trials do: with
+    the sweep's own seed, a trial that ran all its epochs is reproduced to the last digit
+    (in plain PyTorch, where the trial ran on Ray Train)."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("sweep_seeds",
+                                                  REPO / "benchmarks" / "sweep_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--sweep", str(out), "--data", str(data), "--seeds", "0",
+                        "--jobs", "1"])  # fmt: skip
+    retrained = {r["name"]: r for r in rows}
+    assert set(retrained) == {"best", "paper"}
+    trials = {"best": result.best, "paper": next(r for r in result.trials if r.params == PAPER)}
+    compared = 0
+    for name, trial in trials.items():
+        if trial.status == "completed":
+            for key in ("ap50", "ap100", "mpjpe"):
+                np.testing.assert_allclose(retrained[name][key], trial.scores[key],
+                                           equal_nan=True, err_msg=f"{name} {key}")
+            compared += 1
+    assert compared, "neither the best nor the paper's trial ran all its epochs"
 
 
 def check_sweep_result(result, out: Path, uri: str) -> None:
