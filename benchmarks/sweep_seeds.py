@@ -46,6 +46,15 @@ def points(sweep: Path) -> dict[str, Config]:
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a sweep trial's worker
+    try:
+        return _train_and_score(job)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_score(job: dict[str, Any]) -> dict[str, Any]:
     from selfpose3d.training.run import (
         evaluate_model,
         load_frames,
@@ -53,7 +62,6 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         train_frames,
     )
 
-    torch.set_num_threads(1)
     cfg = config_from_dict(job["config"], job["name"])
     validation = set(job["validation"])
     frames = load_frames(job["data"], "train")
@@ -89,8 +97,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                          "validation": state["validation"], "frames": frames})  # fmt: skip
     print(f"{len(jobs)} trainings, {args.jobs} at a time; validation: the first {frames} "
           f"frames of {', '.join(state['validation'])}", flush=True)
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        results = list(pool.map(run_one, jobs))
+    if args.jobs == 1:
+        results = [run_one(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(run_one, jobs))
     rows = {f"{r['name']}, seed {r['seed']}": r for r in results}
     print(format_metrics_table(rows, [(k, k) for k in KEYS], name_header="config"))
     for seed in sorted({r["seed"] for r in results}):

@@ -11,6 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Ray reads its authentication mode once, when first imported, and every Ray the tests start
+# or reach (the session's local instance, subprocesses, the cluster drill's head and nodes)
+# must agree with it: token, Ray's default for a new local cluster, set before any import.
+os.environ["RAY_AUTH_MODE"] = "token"
+
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 if not FIXTURES.is_dir():  # a clone elsewhere: allow pointing at the fixtures explicitly
     FIXTURES = Path(os.environ.get("SELFPOSE3D_FIXTURES", FIXTURES))

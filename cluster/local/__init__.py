@@ -302,11 +302,17 @@ def _ensure_token() -> None:
 def _alive_nodes(head: Service) -> int:
     """How many nodes the head counts as alive (Ray's State API over the dashboard)."""
     os.environ.setdefault("RAY_AUTH_MODE", head.addresses.get("auth_mode", "token"))
+    from ray.exceptions import AuthenticationError
     from ray.util.state import list_nodes
 
     try:
         nodes = list_nodes(address=head.addresses["dashboard"], raise_on_missing_output=False,
                            filters=[("state", "=", "ALIVE")])  # fmt: skip
+    except AuthenticationError as e:
+        # Ray fixes a process's mode when it is first imported: waiting will not help.
+        raise ClusterError(f"the head refuses this process's State API calls ({e}); set "
+                           f"RAY_AUTH_MODE={head.addresses.get('auth_mode', 'token')} before "
+                           f"Ray is first imported") from e  # fmt: skip
     except Exception:  # the State API is not up yet
         return -1
     return len(nodes)

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 SELFPOSE3D = str(Path(sys.executable).with_name("selfpose3d"))
 STEPS_PER_EPOCH = 8
 CHECKPOINT_EVERY = 2
-ROOT_EPOCHS = 4  # room for three faults, each followed by a recovery checkpoint
+ROOT_EPOCHS = 3  # 24 root + 8 pose steps: the three faults land by about root step 18
 TRAIN = [
     "--config", "configs/smoke.yaml", "--stages", "root", "pose", "--workers", "2",
     "--placement-strategy", "SPREAD", "--eval-split", "", "--quiet",
