@@ -91,8 +91,9 @@ def test_one_and_two_workers_learn_alike(ray_session, smoke_data, tmp_path):
     the same seeds) against 2 workers x 1 frame each, their gradients averaged
     by DDP (24 epochs of the 12 frames of each shard). The runs differ only by the usual DDP
     differences (batch composition, random draws per rank), so both must find the real people
-    about equally well. Measured: 75.0 % (1 worker) and 77.8 % (2 workers); 2 workers at the
-    same epochs, i.e. half the steps, reach only 52.8 %."""
+    about equally well. Measured: 75.0 % (1 worker) and 86.1 % (2 workers; 77.8 % before
+    the workers sorted their frames); 2 workers at the same epochs, i.e. half the steps,
+    reached only 52.8 %."""
     from selfpose3d.training.run import evaluate, train
 
     base = ["model.input_mode=pseudo_heatmaps", "model.use_attention=false",
