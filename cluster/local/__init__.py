@@ -242,8 +242,8 @@ def add_node(
 ) -> Service:
     """Start one more Ray node on this machine, joined to the recorded head; named
     ``ray-node-<n>``. Waits until the cluster counts it as alive; a node that has not
-    registered after ``timeout`` s (seen once in a busy test session) is killed and started
-    again with fresh ports, up to ``attempts`` times."""
+    registered after ``timeout`` s is killed and started again with fresh ports (one that
+    another process took meanwhile is the likely cause), up to ``attempts`` times."""
     state_dir = Path(state_dir)
     head = load(state_dir, HEAD)
     if head is None or not head.alive():
