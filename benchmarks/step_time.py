@@ -81,7 +81,7 @@ from selfpose3d.data.panoptic import MultiViewFrame
 from selfpose3d.data.synthetic.rigs import build_rig
 from selfpose3d.models.model import SelfPose3dModel, build_model
 from selfpose3d.models.voxel import CameraBatch, project_to_views, voxel_grid
-from selfpose3d.skeleton import NUM_JOINTS, ROOT_INDEX
+from selfpose3d.skeleton import NUM_JOINTS, ROOT_INDEX, STANDING_POSE
 from selfpose3d.training.schedule import set_trainable
 from selfpose3d.training.steps import STAGES, batch_spec, pose_step
 
@@ -89,15 +89,6 @@ VERSIONS = ("a1", "a2")  # the two augmentations of the pose stage
 Losses = dict[str, torch.Tensor]
 
 # -- inputs -------------------------------------------------------------------------------
-
-# A standing person facing +y, Panoptic-15 order, world mm (z up, feet at z ~ 0).
-TEMPLATE_MM = np.array([
-    [0, 0, 1500], [0, 90, 1610], [0, 0, 950],
-    [-180, 0, 1450], [-200, 20, 1170], [-210, 60, 920],
-    [-100, 0, 930], [-110, 30, 500], [-110, 0, 80],
-    [180, 0, 1450], [200, 20, 1170], [210, 60, 920],
-    [100, 0, 930], [110, 30, 500], [110, 0, 80],
-], dtype=np.float64)  # fmt: skip
 
 
 @dataclass
@@ -133,8 +124,8 @@ def synthetic_frame(cfg: Config, people: int, seed: int, images: bool) -> MultiV
     for xy in roots:
         a = rng.uniform(0, 2 * np.pi)
         rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-        jitter = rng.normal(0, 20, TEMPLATE_MM.shape)
-        poses.append((TEMPLATE_MM + jitter) @ rot.T + np.array([xy[0], xy[1], 0.0]))
+        jitter = rng.normal(0, 20, STANDING_POSE.shape)
+        poses.append((STANDING_POSE + jitter) @ rot.T + np.array([xy[0], xy[1], 0.0]))
     gt = np.stack(poses)  # (P, J, 3)
     pseudo, encoded = [], []
     for cam in cams:
