@@ -110,11 +110,21 @@ def wait_job(proc: subprocess.Popen, out: Path, timeout: float = 400) -> tuple[i
 def registered(out: Path) -> tuple[str, int] | None:
     """(stage, step) of the newest checkpoint Ray Train's controller has registered (its
     snapshot file): the one a restart resumes from. A checkpoint directory can exist before
-    the controller has taken in its report, and one not taken in is lost with its worker."""
-    try:
-        snapshot = json.loads((out / "ray_train" / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return None
+    the controller has taken in its report, and one not taken in is lost with its worker.
+    None before the first registration."""
+    path = out / "ray_train" / "checkpoint_manager_snapshot.json"
+    # The controller rewrites the snapshot in place (truncate, then write): a read can
+    # catch it empty or half-written, which is not "no checkpoint yet".
+    for _ in range(100):
+        try:
+            snapshot = json.loads(path.read_text())
+            break
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            time.sleep(0.05)
+    else:
+        raise AssertionError(f"{path} stayed unreadable for 5 s")
     latest = (snapshot.get("latest_checkpoint_result") or {}).get("metrics")
     return None if not latest else (latest["stage"], int(latest["step"]))
 
@@ -259,7 +269,7 @@ def test_one_run_survives_every_fault(cluster, smoke_data, tmp_path):
     workers = train_workers(cluster)
     on_second = [w for w in workers if not nodes[w.node_id].is_head_node]
     assert len(workers) == 2 and len(on_second) == 1  # SPREAD: one worker per node
-    seen = registered(out)
+    seen = wait_for("a registered checkpoint", lambda: registered(out), proc=proc)
     # The machine goes away: its Ray processes (the node's process group) and the worker
     # it ran, which Ray puts in a process group of its own.
     os.killpg(local.load(cluster.state, "ray-node-1").pid, signal.SIGKILL)
