@@ -10,7 +10,7 @@ with the same weights, so the networks' FLOPs are equal; the losses, the root cu
 gradients of every trained parameter are asserted equal (float32 tolerances) before timing.
 
     python benchmarks/step_time.py [--config configs/cpu.yaml] [--set k=v ...] [--people 3]
-        [--data DIR] [--repeats 3] [--batch-size B] [--epoch E] [--threads N]
+        [--data DIR] [--repeats 3] [--batch-size B] [--epoch E] [--threads N] [--profile N]
 
 e.g. ``--data /tmp/bench_cpu/parquet-ray2 --set model.input_mode=pseudo_heatmaps
 --set model.use_attention=false``. Without ``--data`` a frame is built synthetically (the
@@ -210,20 +210,20 @@ def vectorised_step(model: SelfPose3dModel, batch: Batch, inputs: Inputs
     """``pose_step`` with root_net's proposals replaced by the fixed ones; returns the losses
     and root_net's cube (B, X, Y, Z)."""
     proposals = inputs.proposals.to(batch.cameras.K.device)
-    original = model.proposals
     seen: dict[str, torch.Tensor] = {}
 
-    def fixed(heatmaps: torch.Tensor, cameras: CameraBatch, affines: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        # root_net still runs: its cost is part of the step, and its cube is compared.
-        seen["cubes"], _ = original(heatmaps, cameras, affines)
-        return seen["cubes"], proposals
+    def fixed(cubes: torch.Tensor) -> torch.Tensor:
+        # root_net still runs (its cost is part of the step, and its cube is compared); only
+        # its proposals are replaced.
+        seen["cubes"] = cubes
+        return proposals
 
-    model.proposals = fixed  # an instance attribute shadows the method for this call only
+    root_net = model.root_net
+    root_net.propose = fixed  # an instance attribute shadows the method for this call only
     try:
         out = pose_step(model, batch, inputs.cfg.train, inputs.epoch)
     finally:
-        del model.proposals
+        del root_net.propose
     return out, seen["cubes"]
 
 
@@ -727,6 +727,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print the N operators of the vectorised step (forward + "
+                             "backward) with the most self CPU time, per step (PyTorch "
+                             "profiler; its own overhead inflates them a little)")  # fmt: skip
     parser.add_argument("--only", choices=sorted(STEPS), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -778,6 +782,24 @@ def main(argv: list[str] | None = None) -> None:
         for name in STEPS:  # one heavy process at a time
             memory[name] = memory_of(path, name, args)
     report(args, cfg, inputs, timings, flops, memory, peak, peaks)
+    if args.profile:
+        print()
+        print(operator_profile(model, inputs, args.profile))
+
+
+def operator_profile(model: SelfPose3dModel, inputs: Inputs, rows: int, steps: int = 3) -> str:
+    """The ``rows`` operators with the most self CPU time in the vectorised step, ms per step
+    (the networks' convolutions included: they are the top rows)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run_once(vectorised_step, model, inputs)
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:rows]
+    lines = [f"{'operator (vectorised step)':<40} {'self ms/step':>12} {'calls/step':>10}"]
+    lines += [f"{e.key[:40]:<40} {e.self_cpu_time_total / 1000 / steps:>12.1f} "
+              f"{e.count / steps:>10.1f}" for e in ops]  # fmt: skip
+    return "\n".join(lines)
 
 
 def report(args: argparse.Namespace, cfg: Config, inputs: Inputs,

@@ -169,6 +169,8 @@ class BatchSpec:
     versions: tuple[VersionName, ...] = ("a3",)
     images: bool = True  # decode and warp images (not needed for input_mode pseudo_heatmaps)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Pseudo joints within this many px of the image border count as undetected (0 = keep).
+    pseudo_border_px: float = 0.0
 
     @classmethod
     def from_configs(
@@ -187,6 +189,7 @@ class BatchSpec:
             versions=tuple(versions),
             images=images,
             augment=augment or AugmentConfig(),
+            pseudo_border_px=float(model.pseudo_border_px),
         )
 
 
@@ -300,7 +303,9 @@ def make_views(
     return Views(affines=affines, images=normalize_images(images))
 
 
-def _pseudo_poses(frames: Sequence[MultiViewFrame]) -> PseudoPoses:
+def _pseudo_poses(frames: Sequence[MultiViewFrame], border_px: float = 0.0) -> PseudoPoses:
+    """The frames' pseudo poses padded to (B, V, P, J); with ``border_px`` > 0 the joints
+    that lie within that many px of their image's border count as undetected."""
     views = [f.pseudo_poses if f.pseudo_poses is not None else [None] * len(f.cameras)
              for f in frames]  # fmt: skip
     p_max = max([1] + [len(p) for per in views for p in per if p is not None])
@@ -311,6 +316,13 @@ def _pseudo_poses(frames: Sequence[MultiViewFrame]) -> PseudoPoses:
             if poses is not None and len(poses):
                 arr[b, v, : len(poses)] = poses
     ok = np.isfinite(arr).all(-1) & (arr[..., 2] > 0)  # NaN joints count as undetected
+    if border_px > 0:
+        # A heatmap detector answers inside the image: a joint it cannot see there (out of
+        # frame) is put on the border, where its position says nothing of the person.
+        size = np.array([[[c.width, c.height] for c in f.cameras] for f in frames], np.float32)
+        hi = (size - 1.0 - border_px)[:, :, None, None, :]  # (B, V, 1, 1, 2)
+        xy = arr[..., :2]
+        ok &= ((xy >= border_px) & (xy <= hi)).all(-1)
     arr = np.where(ok[..., None], arr, 0.0)
     return PseudoPoses(joints=torch.from_numpy(arr[..., :2]).contiguous(),
                        confidence=torch.from_numpy(arr[..., 2]).contiguous())  # fmt: skip
@@ -354,7 +366,7 @@ def make_batch(
     versions = {name: make_views(frames, spec, None if name == "a3" else rng, cache)
                 for name in spec.versions}  # fmt: skip
     return Batch(keys=[(f.sequence, f.frame) for f in frames], cameras=cameras,
-                 versions=versions, pseudo=_pseudo_poses(frames),
+                 versions=versions, pseudo=_pseudo_poses(frames, spec.pseudo_border_px),
                  gt=_ground_truth(frames))  # fmt: skip
 
 

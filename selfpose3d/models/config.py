@@ -27,6 +27,9 @@ class ModelConfig:
     pretrained_path: str = ""  # heatmap_net_2d, a ResNet-{backbone_depth}
     attention_pretrained_path: str = ""  # attn_net_2d, a ResNet-{attention_depth}
     heatmap_sigma: float = 3.0  # Gaussian std of target heatmaps, heatmap px
+    # Pseudo-label joints within this many px of the image border are taken as undetected,
+    # in training and inference alike: detectors put out-of-frame joints there. 0 = keep all.
+    pseudo_border_px: float = 0.0
     space_size: list[float] = field(default_factory=lambda: [8000.0, 8000.0, 2000.0])  # mm
     space_center: list[float] = field(default_factory=lambda: [0.0, -500.0, 800.0])  # mm
     root_bins: list[int] = field(default_factory=lambda: [80, 80, 20])
@@ -73,6 +76,8 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be positive (mm), got {getattr(self, name)}")
         if self.heatmap_sigma <= 0:
             raise ValueError("model.heatmap_sigma must be > 0 (heatmap px)")
+        if not 0 <= self.pseudo_border_px < 100:
+            raise ValueError("model.pseudo_border_px must be in [0, 100) px (0 = keep all)")
         if self.beta <= 0:
             raise ValueError("model.beta must be > 0")
         if self.max_people < 1:

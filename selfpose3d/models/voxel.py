@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfpose3d.geometry.camera import project_points, world_to_camera
+from selfpose3d.geometry.camera import world_to_camera
 
 # Normalised radius^2 up to which the distortion's monotonicity is checked; points beyond it
 # are never used (r = 3 is 72 deg off axis, beyond any camera this lens model describes well).
@@ -172,23 +172,35 @@ def _max_monotonic_r2(dist: torch.Tensor) -> torch.Tensor:
 
 
 def project_to_views(
-    points: torch.Tensor, cameras: CameraBatch
+    points: torch.Tensor, cameras: CameraBatch, eps: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Project world points into every view of their sample.
 
     points: (B, N, 3) world mm. Returns uv (B, V, N, 2) original image px and a mask
     (B, V, N) bool: in front of the camera, inside the image, inside the distortion's
     monotonic radius.
+
+    The same projection as :func:`selfpose3d.geometry.camera.project_points` (depth clamped
+    to ``eps`` mm), written for the pose and root cubes' millions of points: the camera frame
+    is computed once for the pixels and the mask, and x and y stay separate planes, so every
+    operation is one pass over (B, V, N) with no (N, 2) x (2, 2) products.
     """
-    p = points[:, None]  # (B, 1, N, 3), broadcast over views
-    uv = project_points(p, cameras.K, cameras.dist, cameras.R, cameras.t)  # (B, V, N, 2)
-    cam = world_to_camera(p, cameras.R, cameras.t)  # (B, V, N, 3)
-    z = cam[..., 2]
-    r2 = (cam[..., :2] / z.clamp(min=1e-6)[..., None]).square().sum(-1)
-    size = cameras.size[:, :, None, :]  # (B, V, 1, 2)
-    inside = ((uv >= -0.5) & (uv <= size - 0.5)).all(-1)
-    valid = (z > 0) & inside & (r2 < _max_monotonic_r2(cameras.dist)[..., None])
-    return uv, valid
+    x, y, z = world_to_camera(points[:, None], cameras.R, cameras.t).unbind(-1)  # (B, V, N)
+    inv_z = z.clamp(min=eps).reciprocal()
+    x, y = x * inv_z, y * inv_z
+    k1, k2, p1, p2, k3 = cameras.dist[..., None].unbind(-2)  # each (B, V, 1)
+    xx, yy, xy = x * x, y * y, x * y
+    r2 = xx + yy
+    radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    xd = x * radial + 2 * p1 * xy + p2 * (r2 + 2 * xx)
+    yd = y * radial + p1 * (r2 + 2 * yy) + 2 * p2 * xy
+    K = cameras.K[..., None]  # (B, V, 3, 3, 1)
+    u = K[..., 0, 0, :] * xd + K[..., 0, 1, :] * yd + K[..., 0, 2, :]
+    v = K[..., 1, 0, :] * xd + K[..., 1, 1, :] * yd + K[..., 1, 2, :]
+    w, h = cameras.size[..., 0:1], cameras.size[..., 1:2]  # (B, V, 1)
+    valid = (z > 0) & (r2 < _max_monotonic_r2(cameras.dist)[..., None])
+    valid &= (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
+    return torch.stack([u, v], -1), valid
 
 
 def to_heatmap_grid(
@@ -199,14 +211,21 @@ def to_heatmap_grid(
     uv (B, V, N, 2) px, valid (B, V, N), affines (B, V, 2, 3) original px -> heatmap px,
     heatmap_size (w, h). Returns grid (B, V, N, 2) and the mask restricted to points that land
     inside the heatmap. Masked-out points get grid ``_UNSEEN`` (far outside, finite), so no
-    inf/NaN reaches the sampler and :func:`sample_views` reads 0 there.
+    inf/NaN reaches the sampler and :func:`sample_views` reads 0 there. Leading dimensions
+    broadcast: uv (M, V, N, 2) with affines (n, M, V, 2, 3) gives n versions of M cubes.
     """
-    hm = uv @ affines[..., :2].transpose(-1, -2) + affines[..., None, :, 2]  # (B, V, N, 2)
-    wh = hm.new_tensor([float(heatmap_size[0]), float(heatmap_size[1])])
-    valid = valid & ((hm >= -0.5) & (hm <= wh - 0.5)).all(-1)
+    w, h = float(heatmap_size[0]), float(heatmap_size[1])
+    # Heatmap px -> [-1, 1] (g = 2 px / (size - 1) - 1) folded into the affine; a heatmap px
+    # in [-0.5, size - 0.5] is a g with |g| <= 1 + 1 / (size - 1).
+    scale = affines.new_tensor([2.0 / (w - 1), 2.0 / (h - 1)])
+    m = (affines * scale[:, None])[..., None]  # (..., 2, 3, 1)
+    u, v = uv[..., 0], uv[..., 1]
+    gx = m[..., 0, 0, :] * u + m[..., 0, 1, :] * v + (m[..., 0, 2, :] - 1.0)
+    gy = m[..., 1, 0, :] * u + m[..., 1, 1, :] * v + (m[..., 1, 2, :] - 1.0)
+    valid = valid & (gx.abs() <= 1.0 + 1.0 / (w - 1)) & (gy.abs() <= 1.0 + 1.0 / (h - 1))
     # Clamped to the border pixels' centres (what "border" padding does) where seen; far
     # outside where not, so that a "zeros"-padded sampler returns exactly 0 there.
-    grid = (hm * (2.0 / (wh - 1)) - 1.0).clamp(-1.0, 1.0)
+    grid = torch.stack([gx, gy], -1).clamp(-1.0, 1.0)
     return torch.where(valid[..., None], grid, grid.new_tensor(_UNSEEN)), valid
 
 

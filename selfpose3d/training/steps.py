@@ -74,6 +74,20 @@ def _input_heatmaps(
     return _pseudo_heatmaps(model, batch, names, soft)
 
 
+def _root_heatmaps(
+    model: SelfPose3dModel, batch: Batch, names: tuple[VersionName, ...]
+) -> torch.Tensor:
+    """The root channel of :func:`_input_heatmaps`, all root_net reads: (n B, V, 1, h, w).
+    Pseudo heatmaps render that one joint only."""
+    root = slice(ROOT_INDEX, ROOT_INDEX + 1)
+    if model.cfg.input_mode == "images":
+        return model.heatmaps(_images(batch, names))[:, :, root]
+    n = len(names)
+    joints = batch.pseudo.joints[..., root, :].repeat(n, 1, 1, 1, 1)
+    soft = batch.pseudo.weights("soft", 1.0)[..., root].repeat(n, 1, 1, 1)
+    return model.pseudo_heatmaps(joints, soft, _affines(batch, names))
+
+
 def _trains(module: nn.Module | None) -> bool:
     return module is not None and any(p.requires_grad for p in module.parameters())
 
@@ -128,7 +142,7 @@ def root_step(
                             mcfg.heatmap_sigma, cfg.synthetic_heatmap_noise)]  # fmt: skip
     if n > 1:
         with torch.no_grad():  # the 2D net is frozen here; only root_net learns
-            real = _input_heatmaps(model, batch, names)[:, :, ROOT_INDEX : ROOT_INDEX + 1]
+            real = _root_heatmaps(model, batch, names)
         inputs.append(real)
     both = len(inputs)
     cubes = model.root_cube(torch.cat(inputs), _cameras(batch, n * both),
@@ -164,8 +178,9 @@ def pose_step(
     b = batch.size
     names: tuple[VersionName, ...] = ("a1", "a2")
     with torch.no_grad():
-        h3 = _input_heatmaps(model, batch, ("a3",))
-        _, proposals = model.proposals(h3, batch.cameras, batch.view("a3").affines)
+        cubes = model.root_cube(_root_heatmaps(model, batch, ("a3",)), batch.cameras,
+                                batch.view("a3").affines)  # fmt: skip
+        proposals = model.root_net.propose(cubes)
     person = proposals[..., 4] > 0.5  # (B, K)
     cameras, affines = _cameras(batch, 2), _affines(batch, names)
     heatmaps = _input_heatmaps(model, batch, names)  # (2B, V, J, h, w)

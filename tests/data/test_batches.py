@@ -142,6 +142,27 @@ def test_soft_and_hard_labels(frames):
     assert 0 < hard.sum() < soft.sum()
 
 
+def test_pseudo_joints_on_the_image_border_can_count_as_undetected(frames):
+    frame = frames[0]
+    w, h = frame.cameras[0].width, frame.cameras[0].height
+    pose = np.full((1, NUM_JOINTS, 3), [w / 2, h / 2, 0.8], np.float32)
+    # Joint 0 clipped to the left border, 1 to the bottom one, 2 half a px inside the
+    # 1-px band, 3 just outside it; the rest well inside.
+    pose[0, :4, :2] = [[0.0, 40.0], [50.0, h - 1.0], [w - 1.5, 30.0], [1.01, h - 2.01]]
+    framed = dataclasses.replace(frame, pseudo_poses=[pose] * len(frame.cameras))
+    keep = make_batch([framed], spec(("a3",), images=False)).pseudo.confidence[0, :, 0]
+    assert (keep > 0).all()  # 0 (the default) keeps every detected joint
+    border = BatchSpec.from_configs(ModelConfig(**{**dataclasses.asdict(MODEL),
+                                                   "pseudo_border_px": 1.0}),
+                                    versions=("a3",), images=False)  # fmt: skip
+    conf = make_batch([framed], border).pseudo.confidence[0, :, 0]  # (V, J)
+    assert (conf[:, :3] == 0).all() and (conf[:, 3:] == pytest.approx(0.8))
+    weights = make_batch([framed], border).pseudo.weights("soft", 0.7)[0, :, 0]
+    assert weights[:, :3].sum() == 0 and (weights[:, 3:] == 1).all()
+    with pytest.raises(ValueError, match="pseudo_border_px"):
+        ModelConfig(pseudo_border_px=-1.0)
+
+
 def test_pseudo_heatmap_mode_needs_no_images(frames):
     no_images = [dataclasses.replace(f, images=None) for f in frames[:2]]
     b = make_batch(no_images, spec(images=False), np.random.default_rng(0))

@@ -1,3 +1,4 @@
+import cv2
 import pytest
 import torch
 
@@ -5,10 +6,12 @@ from selfpose3d.geometry.camera import project_points
 from selfpose3d.models.heatmaps import render_heatmaps
 from selfpose3d.models.pose_net import soft_argmax
 from selfpose3d.models.voxel import (
+    _UNSEEN,
     CameraBatch,
     SpaceProjector,
     project_to_views,
     sample_points,
+    to_heatmap_grid,
     voxel_axes,
     voxel_grid,
 )
@@ -174,3 +177,49 @@ def test_camera_batch_indexing_and_concatenation(rig):
     assert torch.equal(both.R[2], cams.R[0])
     assert cams[:, [2, 0]].num_views == 2
     assert both.sample_keys()[2] == cams.sample_keys()[0] != cams[:, [1, 0, 2]].sample_keys()[0]
+
+
+def test_projection_equals_opencv_with_full_distortion(rig):
+    cams, _ = rig(4, seed=8)
+    cams.dist[..., 2:] = torch.tensor([0.002, -0.003, 0.01])  # tangential and k3 as well
+    points = torch.randn(1, 500, 3) * torch.tensor([800.0, 800.0, 500.0]) + torch.tensor(
+        [0.0, 0.0, 900.0]
+    )
+    uv, valid = project_to_views(points, cams)
+    for v in range(4):
+        rvec, _ = cv2.Rodrigues(cams.R[0, v].double().numpy())
+        expected, _ = cv2.projectPoints(points[0].double().numpy(), rvec,
+                                        cams.t[0, v].double().numpy(),
+                                        cams.K[0, v].double().numpy(),
+                                        cams.dist[0, v].double().numpy())  # fmt: skip
+        expected = torch.from_numpy(expected[:, 0]).float()
+        torch.testing.assert_close(uv[0, v], expected, rtol=0, atol=2e-3)
+        inside = ((expected >= -0.5) & (expected <= torch.tensor([319.5, 239.5]))).all(-1)
+        assert valid[0, v].tolist() == inside.tolist()  # all in front, inside the radius
+    assert 0 < valid.float().mean() < 1
+    # OpenCV ignores a skew term; the geometry module's projection does not.
+    cams.K[..., 0, 1] = 0.7
+    expected = project_points(points[:, None], cams.K, cams.dist, cams.R, cams.t)
+    torch.testing.assert_close(project_to_views(points, cams)[0], expected, rtol=0, atol=2e-3)
+
+
+def test_heatmap_grid_is_the_normalised_affine_image_of_the_pixels():
+    affines = torch.tensor([[[[0.25, 0.02, -0.375], [-0.01, 0.26, 1.5]]]])  # (1, 1, 2, 3)
+    w, h = 80, 60
+    # Heatmap px on the edges of the heatmap, just beyond them, and inside.
+    hm = torch.tensor([[-0.498, -0.498], [w - 0.502, h - 0.502], [-0.502, 10.0], [10.0, h - 0.498],
+                       [20.25, 33.75], [w - 0.7, 0.0]])  # fmt: skip
+    a, b = affines[0, 0, :, :2].double(), affines[0, 0, :, 2].double()
+    uv = ((hm.double() - b) @ torch.linalg.inv(a).T).float()[None, None]  # (1, 1, 6, 2)
+    seen = torch.tensor([[[True, True, True, True, True, False]]])
+    grid, valid = to_heatmap_grid(uv, seen, affines, (w, h))
+    assert valid[0, 0].tolist() == [True, True, False, False, True, False]
+    # Seen points within half a pixel beyond the border pixels' centres clamp to them.
+    expected = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [_UNSEEN] * 2, [_UNSEEN] * 2,
+                             [2 * 20.25 / 79 - 1, 2 * 33.75 / 59 - 1], [_UNSEEN] * 2])  # fmt: skip
+    torch.testing.assert_close(grid[0, 0], expected, rtol=0, atol=1e-5)
+    # n versions of the same points broadcast over a leading axis of the affines.
+    two = torch.stack([affines, affines * 2])
+    grid2, valid2 = to_heatmap_grid(uv, seen, two, (w, h))
+    assert grid2.shape == (2, 1, 1, 6, 2) and torch.equal(grid2[0], grid)
+    assert torch.equal(valid2[0], valid) and not torch.equal(valid2[1], valid)
