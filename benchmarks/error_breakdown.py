@@ -19,7 +19,9 @@ count as missed). Over the matched people it prints:
   default train; every ``--labels-every``-th frame): each view's detections are matched to
   the projected GT people (Hungarian on the mean joint distance, gated at 40 px), and for the
   matched ones it counts the joints not detected, those on the image border (within 1 px:
-  a detector puts joints it cannot see in the frame there) and the pixel error of the rest.
+  a detector puts joints it cannot see in the frame there) and the pixel error of the rest;
+  and how many of the detected joints still land inside the heatmap once the pose stage's
+  augmentations (A1/A2, the checkpoint's ``train.augment``) have rotated and cropped the view.
 
 Units: mm, world frame. No training; the model runs in eval mode on the un-augmented views.
 """
@@ -27,15 +29,20 @@ Units: mm, world frame. No training; the model runs in eval mode on the un-augme
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections import defaultdict
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from selfpose3d.config import Config
+from selfpose3d.data.batches import iterate_batches
 from selfpose3d.evaluation import FrameGT
 from selfpose3d.evaluation.panoptic import RECALL_THRESHOLD_MM, match_frame
+from selfpose3d.models.model import apply_affine
 from selfpose3d.skeleton import PANOPTIC15_JOINTS, ROOT_INDEX, flip_permutation
 from selfpose3d.training.run import load_frames, load_trained_model, predict_frames
+from selfpose3d.training.steps import batch_spec
 
 
 def matched_people(predictions: list, frames: list) -> list[dict]:
@@ -162,6 +169,30 @@ def label_table(frames: list, gate_px: float = 40.0, border_px: float = 1.0) -> 
     return "\n".join(lines)
 
 
+def augmented_table(frames: list, cfg: Config, seed: int = 0) -> str:
+    """Per joint: the share of detected pseudo joints inside the heatmap, un-augmented (A3)
+    and after the pose stage's random affines (A1 and A2 together)."""
+    w, h = cfg.model.heatmap_size
+    spec = dataclasses.replace(batch_spec("pose", cfg.model, cfg.train), images=False)
+    inside = {k: np.zeros(len(PANOPTIC15_JOINTS)) for k in ("a3", "a1a2")}
+    detected_total = {k: np.zeros(len(PANOPTIC15_JOINTS)) for k in ("a3", "a1a2")}
+    rng = np.random.default_rng(seed)
+    for batch in iterate_batches(frames, 8, rng, spec, shuffle=False):
+        detected = (batch.pseudo.confidence > 0).numpy()  # (B, V, P, J)
+        for name in ("a3", "a1", "a2"):
+            hm = apply_affine(batch.pseudo.joints, batch.view(name).affines).numpy()
+            ok = (hm >= -0.5).all(-1) & (hm[..., 0] <= w - 0.5) & (hm[..., 1] <= h - 0.5)
+            key = "a3" if name == "a3" else "a1a2"
+            inside[key] += (ok & detected).sum((0, 1, 2))
+            detected_total[key] += detected.sum((0, 1, 2))
+    lines = [f"detected pseudo joints inside the heatmap ({len(frames)} frames)",
+             f"{'joint':<16} {'A3 %':>7} {'A1/A2 %':>8}"]
+    for j, name in enumerate(PANOPTIC15_JOINTS):
+        a3, aug = (100 * inside[k][j] / max(detected_total[k][j], 1) for k in ("a3", "a1a2"))
+        lines.append(f"{name:<16} {a3:>7.1f} {aug:>8.1f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a train output or checkpoint file")
@@ -176,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     frames = load_frames(args.data, args.split)[:: args.every]
     if args.max_frames:
         frames = frames[: args.max_frames]
-    model, _ = load_trained_model(args.checkpoint)
+    model, cfg = load_trained_model(args.checkpoint)
     model.eval()
     predictions, _ = predict_frames(model, frames, progress=True)
     people = matched_people(predictions, frames)
@@ -196,7 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(joint_table(people))
     print()
-    print(label_table(load_frames(args.data, args.labels_split)[:: args.labels_every]))
+    label_frames = load_frames(args.data, args.labels_split)[:: args.labels_every]
+    print(label_table(label_frames))
+    print()
+    print(augmented_table(label_frames, cfg))
 
 
 if __name__ == "__main__":

@@ -117,3 +117,29 @@ def test_label_table_counts_missing_border_and_pixel_errors():
     assert rows[name[2]][:2] == ["0.0", "100.0"]
     assert rows[name[3]][2:] == ["30.0", "100.0"]
     assert rows[name[4]] == ["0.0", "0.0", "0.0", "0.0"]
+
+
+def test_augmented_table_counts_joints_the_augmentations_crop_out(tmp_path):
+    import dataclasses
+
+    from pipelines.ingest import ingest
+    from selfpose3d.config import load_config
+    from selfpose3d.data.config import DataConfig
+    from selfpose3d.data.schema import read_dataset
+    from selfpose3d.data.synthetic import make_tiny_dataset
+
+    make_tiny_dataset(tmp_path / "raw")
+    ingest(tmp_path / "raw", tmp_path / "pq", DataConfig(), engine="plain", progress=False)
+    frames = list(read_dataset(tmp_path / "pq" / "train"))
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["model.input_mode=pseudo_heatmaps"])
+
+    def shares(**augment) -> list[tuple[float, float]]:
+        c = dataclasses.replace(cfg, train=dataclasses.replace(
+            cfg.train, augment=dataclasses.replace(cfg.train.augment, **augment)))  # fmt: skip
+        rows = eb.augmented_table(frames, c).splitlines()[2:]
+        return [(float(r.split()[1]), float(r.split()[2])) for r in rows]
+
+    gentle = shares(rotation_prob=0.0, scale_range=[0.0, 0.0])
+    rough = shares(rotation_prob=1.0, max_rotation_deg=90.0, scale_range=[0.3, 0.3])
+    assert all(a3 == 100.0 for a3, _ in gentle + rough)  # A3 shows every detected joint
+    assert sum(aug for _, aug in rough) < sum(aug for _, aug in gentle) <= 100.0 * len(gentle)
