@@ -12,7 +12,11 @@ count as missed). Over the matched people it prints:
   in the frame;
 - per joint: mean and median error (mm), the mean signed error along the joint's direction
   from the GT root (negative: predicted nearer the root than it is, i.e. a shrunken body),
-  and how often the prediction is nearer the GT's mirror joint (a left/right swap);
+  how often the prediction is nearer the GT's mirror joint (a left/right swap), and the
+  error split into vertical and horizontal parts: mean signed ``dz`` (prediction - GT,
+  positive: too high; the world's z is up), mean ``|dz|`` and mean horizontal ``|dxy|``,
+  and ``xy r``: how well the joint's predicted horizontal offset from the root follows the
+  GT's across people (Pearson r; a limb that scatters or stays put scores low);
 - the decomposition of the MPJPE: the error of the whole-body offset (mean over joints of
   prediction - GT), and the MPJPE left once that offset is removed (the pose's own shape);
 - per joint, what the pseudo labels the model learns from look like (``--labels-split``,
@@ -83,6 +87,18 @@ def person_errors(p: dict) -> dict[str, float]:
     }
 
 
+def _follow(pairs: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """Pearson r of predicted vs GT horizontal offsets from the root, x and y pooled (each
+    centred on its mean): 1 when the prediction follows where the limb really is, lower
+    when it scatters or stays put. '-' with fewer than two people or no spread."""
+    if len(pairs) < 2:
+        return f"{'-':>6}"
+    pred, gt = (np.array(x) for x in zip(*pairs, strict=True))  # (K, 2) each
+    pred, gt = pred - pred.mean(0), gt - gt.mean(0)
+    norm = np.sqrt((pred**2).sum() * (gt**2).sum())
+    return f"{(pred * gt).sum() / norm:>6.2f}" if norm > 0 else f"{'-':>6}"
+
+
 def group_table(title: str, groups: dict, people_errors: dict[int, dict]) -> str:
     lines = [f"{title:<18} {'people':>7} {'missed':>7} {'MPJPE':>7} {'<50mm %':>8} "
              f"{'<100mm %':>9} {'offset':>7} {'shape':>7}"]  # fmt: skip
@@ -110,6 +126,8 @@ def joint_table(people: list[dict]) -> str:
     err: dict[int, list[float]] = defaultdict(list)
     radial: dict[int, list[float]] = defaultdict(list)
     swapped: dict[int, list[bool]] = defaultdict(list)
+    diffs: dict[int, list[np.ndarray]] = defaultdict(list)
+    limbs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for p in people:
         if p["pred"] is None or not p["visible"][ROOT_INDEX]:
             continue
@@ -117,17 +135,25 @@ def joint_table(people: list[dict]) -> str:
         for j in np.flatnonzero(p["visible"]):
             e = float(np.linalg.norm(pred[j] - gt[j]))
             err[j].append(e)
+            diffs[j].append(pred[j] - gt[j])
+            if j != ROOT_INDEX:  # horizontal offset from the root, predicted and GT
+                limbs[j].append(((pred[j] - pred[ROOT_INDEX])[:2], (gt[j] - root)[:2]))
             if flip[j] != j:
                 swapped[j].append(float(np.linalg.norm(pred[j] - gt[flip[j]])) < e)
             if j != ROOT_INDEX:
                 axis = (gt[j] - root) / np.linalg.norm(gt[j] - root)
                 radial[j].append(float((pred[j] - gt[j]) @ axis))
-    lines = [f"{'joint':<16} {'mean error':>11} {'median':>7} {'radial':>8} {'swap %':>7}"]
+    lines = [f"{'joint':<16} {'mean error':>11} {'median':>7} {'radial':>8} {'swap %':>7} "
+             f"{'dz':>7} {'|dz|':>7} {'|dxy|':>7} {'xy r':>6}"]  # fmt: skip
     for j, name in enumerate(PANOPTIC15_JOINTS):
         if err[j]:
             r = f"{np.mean(radial[j]):>8.1f}" if radial[j] else f"{'-':>8}"
             w = f"{100 * np.mean(swapped[j]):>7.1f}" if swapped[j] else f"{'-':>7}"
-            lines.append(f"{name:<16} {np.mean(err[j]):>11.1f} {np.median(err[j]):>7.1f} {r} {w}")
+            d = np.array(diffs[j])  # (K, 3) prediction - GT, world mm (z up)
+            lines.append(f"{name:<16} {np.mean(err[j]):>11.1f} {np.median(err[j]):>7.1f} {r} {w} "
+                         f"{d[:, 2].mean():>7.1f} {np.abs(d[:, 2]).mean():>7.1f} "
+                         f"{np.linalg.norm(d[:, :2], axis=-1).mean():>7.1f} "
+                         f"{_follow(limbs[j])}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -169,27 +195,34 @@ def label_table(frames: list, gate_px: float = 40.0, border_px: float = 1.0) -> 
     return "\n".join(lines)
 
 
-def augmented_table(frames: list, cfg: Config, seed: int = 0) -> str:
+def augmented_table(frames: list, cfg: Config, seed: int = 0, border_px: float = 1.0) -> str:
     """Per joint: the share of detected pseudo joints inside the heatmap, un-augmented (A3)
-    and after the pose stage's random affines (A1 and A2 together)."""
+    and after the pose stage's random affines (A1 and A2 together); the last column counts
+    only the joints off the image border (a detector parks joints it cannot see there, and
+    any zoom-in crops those first)."""
     w, h = cfg.model.heatmap_size
     spec = dataclasses.replace(batch_spec("pose", cfg.model, cfg.train), images=False)
-    inside = {k: np.zeros(len(PANOPTIC15_JOINTS)) for k in ("a3", "a1a2")}
-    detected_total = {k: np.zeros(len(PANOPTIC15_JOINTS)) for k in ("a3", "a1a2")}
+    keys = ("a3", "a1a2", "a1a2 off border")
+    inside = {k: np.zeros(len(PANOPTIC15_JOINTS)) for k in keys}
+    total = {k: np.zeros(len(PANOPTIC15_JOINTS)) for k in keys}
     rng = np.random.default_rng(seed)
     for batch in iterate_batches(frames, 8, rng, spec, shuffle=False):
         detected = (batch.pseudo.confidence > 0).numpy()  # (B, V, P, J)
+        xy = batch.pseudo.joints.numpy()  # (B, V, P, J, 2) original px
+        hi = batch.cameras.size.numpy()[:, :, None, None, :] - 1.0 - border_px
+        off_border = detected & ((xy >= border_px) & (xy <= hi)).all(-1)
         for name in ("a3", "a1", "a2"):
             hm = apply_affine(batch.pseudo.joints, batch.view(name).affines).numpy()
             ok = (hm >= -0.5).all(-1) & (hm[..., 0] <= w - 0.5) & (hm[..., 1] <= h - 0.5)
-            key = "a3" if name == "a3" else "a1a2"
-            inside[key] += (ok & detected).sum((0, 1, 2))
-            detected_total[key] += detected.sum((0, 1, 2))
+            for key, counted in ((("a3", detected),) if name == "a3" else
+                                 (("a1a2", detected), ("a1a2 off border", off_border))):
+                inside[key] += (ok & counted).sum((0, 1, 2))
+                total[key] += counted.sum((0, 1, 2))
     lines = [f"detected pseudo joints inside the heatmap ({len(frames)} frames)",
-             f"{'joint':<16} {'A3 %':>7} {'A1/A2 %':>8}"]
+             f"{'joint':<16} {'A3 %':>7} {'A1/A2 %':>8} {'A1/A2 off-border %':>19}"]
     for j, name in enumerate(PANOPTIC15_JOINTS):
-        a3, aug = (100 * inside[k][j] / max(detected_total[k][j], 1) for k in ("a3", "a1a2"))
-        lines.append(f"{name:<16} {a3:>7.1f} {aug:>8.1f}")
+        a3, aug, off = (100 * inside[k][j] / max(total[k][j], 1) for k in keys)
+        lines.append(f"{name:<16} {a3:>7.1f} {aug:>8.1f} {off:>19.1f}")
     return "\n".join(lines)
 
 

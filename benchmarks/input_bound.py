@@ -31,7 +31,7 @@ from selfpose3d.data.batches import BatchSpec, iterate_batches
 from selfpose3d.evaluation import FrameGT, FramePrediction, evaluate_panoptic
 from selfpose3d.evaluation.report import PANOPTIC_COLUMNS, format_metrics_table
 from selfpose3d.models.model import build_model
-from selfpose3d.skeleton import ROOT_INDEX
+from selfpose3d.skeleton import PANOPTIC15_JOINTS, ROOT_INDEX
 from selfpose3d.training.run import load_frames
 
 DEFAULT_VARIANTS = {
@@ -44,15 +44,20 @@ DEFAULT_VARIANTS = {
 }
 
 
-def bound(config: Path, overrides: list[str], frames: list) -> dict[str, float]:
-    """Soft-argmax of the raw input cubes at the GT roots, scored on ``frames``."""
+def bound(config: Path, overrides: list[str], frames: list
+          ) -> tuple[dict[str, float], np.ndarray]:
+    """Soft-argmax of the raw input cubes at the GT roots, scored on ``frames``.
+
+    Returns the Panoptic metrics and every GT person's per-joint error (people, J) mm, NaN
+    where the joint is not visible (each person's pose comes from its own GT root).
+    """
     cfg = load_config(config, overrides)
     if cfg.model.input_mode != "pseudo_heatmaps":
         raise SystemExit("the bound is measured on pseudo heatmaps (model.input_mode)")
     model = build_model(cfg.model).eval()
     model.pose_net.v2v = nn.Identity()
     spec = BatchSpec.from_configs(cfg.model, versions=("a3",), images=False)
-    preds, gts = [], []
+    preds, gts, errors = [], [], []
     with torch.inference_mode():
         for batch in iterate_batches(frames, 4, np.random.default_rng(0), spec, shuffle=False):
             gt = batch.gt
@@ -69,7 +74,22 @@ def bound(config: Path, overrides: list[str], frames: list) -> dict[str, float]:
                                              np.ones(int(keep.sum()))))  # fmt: skip
                 gts.append(FrameGT(gt.poses[i][gt.valid[i]].double().numpy(),
                                    gt.visible[i][gt.valid[i]].numpy()))  # fmt: skip
-    return evaluate_panoptic(preds, gts)
+                e = (poses[i][keep] - gt.poses[i][keep]).norm(dim=-1)  # (people, J)
+                errors.append(torch.where(gt.visible[i][keep], e, torch.nan).numpy())
+    return evaluate_panoptic(preds, gts), np.concatenate(errors)
+
+
+def joint_table(errors: dict[str, np.ndarray], far_mm: float = 200.0) -> str:
+    """Per joint and variant: median error (mm) and the share of errors over ``far_mm``
+    (the soft-argmax drawn to another person's or a ghost's blob)."""
+    head = "".join(f" {name[:14]:>14} {'>' + str(int(far_mm)) + ' %':>7}" for name in errors)
+    lines = [f"{'joint':<12}{head}"]
+    for j, joint in enumerate(PANOPTIC15_JOINTS):
+        seen = [e[:, j][~np.isnan(e[:, j])] for e in errors.values()]
+        cells = "".join(f" {np.median(e):>14.1f} {100 * np.mean(e > far_mm):>7.1f}"
+                        for e in seen)  # fmt: skip
+        lines.append(f"{joint:<12}{cells}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -88,14 +108,16 @@ def main() -> None:
             name, _, rest = v.partition(":")
             variants[name] = [x for x in rest.split(",") if x]
     frames = load_frames(args.data, "test")[: args.frames]
-    results = {}
+    results, errors = {}, {}
     for name, overrides in variants.items():
         t0 = time.perf_counter()
-        results[name] = bound(args.config, overrides, frames)
+        results[name], errors[name] = bound(args.config, overrides, frames)
         print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"\nIdentity pose_net at the GT roots, {len(frames)} test frames of {args.data} "
           f"(AP and recall in %, MPJPE in mm):")  # fmt: skip
     print(format_metrics_table(results, PANOPTIC_COLUMNS))
+    print("\nPer joint: median error (mm) and share over 200 mm")
+    print(joint_table(errors))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ from selfpose3d.data.batches import GT_MIN_VISIBILITY, Batch, iterate_batches, m
 from selfpose3d.data.panoptic import MultiViewFrame
 from selfpose3d.data.synthetic.rigs import build_rig
 from selfpose3d.models.model import SelfPose3dModel, build_model
-from selfpose3d.models.voxel import CameraBatch, project_to_views, voxel_grid
+from selfpose3d.models.voxel import CameraBatch, inside_image, project_to_views, voxel_grid
 from selfpose3d.skeleton import NUM_JOINTS, ROOT_INDEX, STANDING_POSE
 from selfpose3d.training.schedule import set_trainable
 from selfpose3d.training.steps import STAGES, batch_spec, pose_step
@@ -366,10 +366,12 @@ def loop_pose_step(model: SelfPose3dModel, batch: Batch, inputs: Inputs
                 A = batch.view(target).affines[b, v]
                 rendered = targets[target][b][v].new_zeros(NUM_JOINTS, size[1], size[0])
                 projected = {}
+                cam = cams[b : b + 1, v : v + 1]
                 for k, pose in poses[source][b].items():
-                    uv, seen = project_to_views(pose[None], cams[b : b + 1, v : v + 1])
-                    projected[k] = (_affine(uv[0, 0], A), seen[0, 0])
-                    rendered = rendered + _gaussians(*projected[k], size, sigma)
+                    uv, faithful = project_to_views(pose[None], cam, within_image=False)
+                    seen = faithful & inside_image(uv, cam.size)
+                    projected[k] = (_affine(uv[0, 0], A), seen[0, 0], faithful[0, 0])
+                    rendered = rendered + _gaussians(*projected[k][:2], size, sigma)
                 e = (rendered.clamp(max=1.0) - targets[target][b][v]).square()
                 if attention is not None:
                     e = e * attention[target][v][b]
@@ -402,7 +404,7 @@ def loop_pose_step(model: SelfPose3dModel, batch: Batch, inputs: Inputs
 
 
 def _view_l1_term(batch: Batch, b: int, v: int, A: torch.Tensor,
-                  projected: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                  projected: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                   label_w: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
     """The Hungarian L1 term of one (sample, view): the sum of the matched pair costs between
     the projected people and the pseudo people with a visible joint inside the heatmap."""
@@ -415,8 +417,9 @@ def _view_l1_term(batch: Batch, b: int, v: int, A: torch.Tensor,
             visible.append(label_w[b, v, q] * inside)
     if not projected or not pseudo:
         return A.new_zeros(())
-    cost = [[_match_cost(pred, seen, t, vis, size) for t, vis in zip(pseudo, visible, strict=True)]
-            for pred, seen in projected.values()]  # fmt: skip
+    cost = [[_match_cost(pred, faithful, t, vis, size)
+             for t, vis in zip(pseudo, visible, strict=True)]
+            for pred, _, faithful in projected.values()]  # fmt: skip
     rows, cols = linear_sum_assignment([[float(c.detach()) for c in row] for row in cost])
     return sum(cost[r][c] for r, c in zip(rows, cols, strict=True))
 

@@ -72,9 +72,11 @@ _NETWORKS = {
 }
 _GEOMETRY_KEYS = (
     "input_mode", "image_size", "heatmap_size", "heatmap_sigma", "space_size", "space_center",
-    "root_bins", "pose_cube_size", "pose_bins", "beta", "max_people", "proposal_threshold",
-    "root_refine", "projection_cache_size",
+    "root_bins", "pose_cube_size", "pose_cube_offset", "pose_bins", "beta", "max_people",
+    "proposal_threshold", "root_refine", "projection_cache_size",
 )  # fmt: skip
+# Keys added after exports were first written: an export without one has the default.
+_ADDED_GEOMETRY = {"pose_cube_offset": [0.0, 0.0, 0.0]}
 
 Cameras = CameraBatch | Mapping[str, Any]
 
@@ -211,6 +213,9 @@ def _read_geometry(directory: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(meta, dict) or meta.get("export_version") != EXPORT_VERSION:
         raise ValueError(f"{path}: not a selfpose3d export of version {EXPORT_VERSION}")
+    geometry = meta.get("geometry")
+    if isinstance(geometry, dict):
+        meta["geometry"] = {**_ADDED_GEOMETRY, **geometry}
     missing = [k for k in _GEOMETRY_KEYS if k not in meta.get("geometry", {})]
     if missing or meta.get("format") not in _SUFFIX or not isinstance(meta.get("files"), dict):
         raise ValueError(f"{path}: incomplete export description "
@@ -259,7 +264,7 @@ class ExportedModel:
         self.voxel_step = torch.tensor(step, device=self.device)  # (3,) mm
         self.origin = torch.tensor(origin, device=self.device)  # root voxel 0, mm
         # Pose-cube voxel centres relative to the root (N, 3) mm.
-        self.offsets = voxel_grid([0.0] * 3, g["pose_cube_size"], g["pose_bins"],
+        self.offsets = voxel_grid(g["pose_cube_offset"], g["pose_cube_size"], g["pose_bins"],
                                   device=self.device)  # fmt: skip
 
     @classmethod

@@ -210,3 +210,18 @@ def test_export_cli_and_bad_inputs(tmp_path, capsys, pseudo_run, pseudo_export):
         exported.predict({}, torch.zeros(1, 3, 2, 3))
     with pytest.raises(ValueError, match="format must be one of"):
         export_model(run, tmp_path / "x", format="onnx")
+
+
+def test_the_pose_cube_offset_is_read_and_defaults_for_older_exports(tmp_path, pseudo_export):
+    import shutil
+
+    base = ExportedModel.load(pseudo_export)
+    for name, edit in (("old", lambda g: g.pop("pose_cube_offset")),
+                       ("lowered", lambda g: g.update(pose_cube_offset=[0.0, 0.0, -200.0]))):
+        copy = shutil.copytree(pseudo_export, tmp_path / name)
+        meta = json.loads((copy / "geometry.json").read_text())
+        edit(meta["geometry"])
+        (copy / "geometry.json").write_text(json.dumps(meta))
+        shift = ExportedModel.load(copy).offsets - base.offsets
+        want = torch.tensor([0.0, 0.0, 0.0 if name == "old" else -200.0])
+        torch.testing.assert_close(shift, want.expand_as(shift))

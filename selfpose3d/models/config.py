@@ -34,6 +34,9 @@ class ModelConfig:
     space_center: list[float] = field(default_factory=lambda: [0.0, -500.0, 800.0])  # mm
     root_bins: list[int] = field(default_factory=lambda: [80, 80, 20])
     pose_cube_size: list[float] = field(default_factory=lambda: [2000.0, 2000.0, 2000.0])  # mm
+    # The pose cube's centre relative to the root proposal (mm, world axes): the ankles of a
+    # standing person lie ~900 mm below the mid-hip root, near the edge of a centred 2 m cube.
+    pose_cube_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     pose_bins: list[int] = field(default_factory=lambda: [64, 64, 64])
     beta: float = 100.0  # soft-argmax sharpness
     max_people: int = 10
@@ -51,6 +54,7 @@ class ModelConfig:
             ("space_center", 3),
             ("root_bins", 3),
             ("pose_cube_size", 3),
+            ("pose_cube_offset", 3),
             ("pose_bins", 3),
         ):
             if len(getattr(self, name)) != n:
@@ -74,6 +78,10 @@ class ModelConfig:
         for name in ("space_size", "pose_cube_size"):
             if any(s <= 0 for s in getattr(self, name)):
                 raise ValueError(f"model.{name} must be positive (mm), got {getattr(self, name)}")
+        if any(2 * abs(o) >= s for o, s in zip(self.pose_cube_offset, self.pose_cube_size,
+                                                strict=True)):  # fmt: skip
+            raise ValueError(f"model.pose_cube_offset {self.pose_cube_offset} must keep the root "
+                             f"inside the cube: |offset| < pose_cube_size / 2")  # fmt: skip
         if self.heatmap_sigma <= 0:
             raise ValueError("model.heatmap_sigma must be > 0 (heatmap px)")
         if not 0 <= self.pseudo_border_px < 100:

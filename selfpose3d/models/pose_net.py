@@ -40,10 +40,12 @@ class PoseNet(nn.Module):
         super().__init__()
         self.bins = tuple(cfg.pose_bins)
         self.beta = cfg.beta
-        # Voxel centres relative to the cube's centre (N, 3) mm; adding the root afterwards
-        # keeps the soft-argmax precise far from the world origin.
+        # Voxel centres relative to the root (N, 3) mm; adding the root afterwards keeps the
+        # soft-argmax precise far from the world origin.
         self.register_buffer(
-            "offsets", voxel_grid([0.0] * 3, cfg.pose_cube_size, cfg.pose_bins), persistent=False
+            "offsets",
+            voxel_grid(cfg.pose_cube_offset, cfg.pose_cube_size, cfg.pose_bins),
+            persistent=False,
         )
         self.v2v = V2VNet(
             num_joints, num_joints, width=cfg.v2v_width, channels_last=cfg.v2v_channels_last

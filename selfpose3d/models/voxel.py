@@ -171,14 +171,21 @@ def _max_monotonic_r2(dist: torch.Tensor) -> torch.Tensor:
     return torch.where(bad.any(-1), s[bad.int().argmax(-1)], s.new_tensor(_MAX_R2))
 
 
+def inside_image(uv: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """uv (B, V, N, 2) px, image sizes (B, V, 2) (w, h) -> (B, V, N) bool: on a pixel."""
+    w, h = size[..., 0:1], size[..., 1:2]  # (B, V, 1)
+    u, v = uv[..., 0], uv[..., 1]
+    return (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
+
+
 def project_to_views(
-    points: torch.Tensor, cameras: CameraBatch, eps: float = 1e-6
+    points: torch.Tensor, cameras: CameraBatch, eps: float = 1e-6, within_image: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Project world points into every view of their sample.
 
     points: (B, N, 3) world mm. Returns uv (B, V, N, 2) original image px and a mask
-    (B, V, N) bool: in front of the camera, inside the image, inside the distortion's
-    monotonic radius.
+    (B, V, N) bool: in front of the camera, inside the distortion's monotonic radius (where
+    the pixel is a faithful projection) and, with ``within_image``, inside the image.
 
     The same projection as :func:`selfpose3d.geometry.camera.project_points` (depth clamped
     to ``eps`` mm), written for the pose and root cubes' millions of points: the camera frame
@@ -197,10 +204,11 @@ def project_to_views(
     K = cameras.K[..., None]  # (B, V, 3, 3, 1)
     u = K[..., 0, 0, :] * xd + K[..., 0, 1, :] * yd + K[..., 0, 2, :]
     v = K[..., 1, 0, :] * xd + K[..., 1, 1, :] * yd + K[..., 1, 2, :]
-    w, h = cameras.size[..., 0:1], cameras.size[..., 1:2]  # (B, V, 1)
+    uv = torch.stack([u, v], -1)
     valid = (z > 0) & (r2 < _max_monotonic_r2(cameras.dist)[..., None])
-    valid &= (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
-    return torch.stack([u, v], -1), valid
+    if within_image:
+        valid &= inside_image(uv, cameras.size)
+    return uv, valid
 
 
 def to_heatmap_grid(

@@ -31,8 +31,10 @@ LATEST = "latest.json"
 STRUCTURAL_FIELDS = (
     "input_mode", "image_size", "heatmap_size", "backbone_depth", "attention_depth",
     "use_attention", "space_size", "space_center", "root_bins", "pose_cube_size",
-    "pose_bins", "v2v_width",
+    "pose_cube_offset", "pose_bins", "v2v_width",
 )  # fmt: skip
+# Fields added after checkpoints were first written: a signature without one has the default.
+_ADDED_FIELDS = {"pose_cube_offset": [0.0, 0.0, 0.0]}
 
 
 class CheckpointMismatchError(ValueError):
@@ -55,7 +57,7 @@ def check_signature(found: dict[str, Any], expected: dict[str, Any], source: str
         problems.append(f"it was written for preset {found.get('preset')!r}, this run uses "
                         f"preset {expected['preset']!r}")  # fmt: skip
     for key, want in expected["model"].items():
-        have = found.get("model", {}).get(key)
+        have = found.get("model", {}).get(key, _ADDED_FIELDS.get(key))
         if have != want:
             problems.append(f"model.{key} is {have!r} there, {want!r} here")
     have_shapes, want_shapes = found.get("shapes", {}), expected["shapes"]

@@ -27,7 +27,7 @@ from selfpose3d.data.batches import Batch, BatchSpec, Labels, VersionName
 from selfpose3d.models.config import ModelConfig
 from selfpose3d.models.heatmaps import render_cubes, render_heatmaps
 from selfpose3d.models.model import SelfPose3dModel, apply_affine
-from selfpose3d.models.voxel import CameraBatch, project_to_views
+from selfpose3d.models.voxel import CameraBatch, inside_image, project_to_views
 from selfpose3d.skeleton import ROOT_INDEX
 from selfpose3d.training.config import Stage, TrainConfig
 from selfpose3d.training.synthetic_roots import root_heatmaps, sample_roots
@@ -99,13 +99,18 @@ def _total(out: dict[str, torch.Tensor], diagnostics: tuple[str, ...] = ()) -> d
 
 def project_poses(
     poses: torch.Tensor, cameras: CameraBatch, affines: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """poses (B, K, J, 3) mm -> (B, V, K, J, 2) heatmap px of every view and a (B, V, K, J)
-    mask of the joints that project inside the original image (in front of the camera)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """poses (B, K, J, 3) mm -> (B, V, K, J, 2) heatmap px of every view and two (B, V, K, J)
+    masks: ``seen``, the joints that project inside the original image, and ``faithful``, those
+    whose pixel is a true projection wherever it falls (in front of the camera, inside the
+    distortion's monotonic radius). A joint can only be drawn where it is seen, but it can be
+    compared with a label wherever it is faithful: a prediction that leaves the picture is
+    still wrong."""
     b, k, j = poses.shape[:3]
-    uv, seen = project_to_views(poses.reshape(b, k * j, 3), cameras)
+    uv, faithful = project_to_views(poses.reshape(b, k * j, 3), cameras, within_image=False)
+    seen = faithful & inside_image(uv, cameras.size)
     points = apply_affine(uv, affines.to(uv.dtype))
-    return points.reshape(b, -1, k, j, 2), seen.reshape(b, -1, k, j)
+    return tuple(x.reshape(b, -1, k, j, *x.shape[3:]) for x in (points, seen, faithful))
 
 
 # -- the steps ----------------------------------------------------------------------------
@@ -187,7 +192,7 @@ def pose_step(
     poses = model.poses(heatmaps, proposals, batch.cameras, affines)  # (2B, K, J, 3)
     # Row i of the target versions (A1 then A2) is compared with the other version's poses.
     crossed = torch.cat([poses[b:], poses[:b]])
-    points, seen = project_poses(crossed, cameras, affines)  # (2B, V, K, J, 2), (2B, V, K, J)
+    points, seen, faithful = project_poses(crossed, cameras, affines)  # (2B, V, K, J[, 2])
     person2 = person.repeat(2, 1)  # (2B, K)
     draw = seen & person2[:, None, :, None]
 
@@ -211,7 +216,7 @@ def pose_step(
         inside = ((pseudo >= -0.5) & (pseudo <= pseudo.new_tensor([w, h]) - 0.5)).all(-1)
         terms = losses.hungarian_l1_terms(
             points, person2[:, None].expand(-1, points.shape[1], -1), pseudo,
-            label_w.repeat(2, 1, 1, 1) * inside, (w, h), pred_visible=seen,
+            label_w.repeat(2, 1, 1, 1) * inside, (w, h), pred_visible=faithful,
         )  # fmt: skip
         out["loss_l1"] = cfg.l1_weight * losses.drop_worst_mean(terms.reshape(2, -1)).sum()
     if cfg.pose_heatmap_weight > 0 and _trains(model.heatmap_net_2d):
@@ -237,7 +242,7 @@ def supervised_step(
     heatmaps = _input_heatmaps(model, batch, ("a3",))
     out: dict[str, torch.Tensor] = {}
     if mcfg.input_mode == "images":
-        points, seen = project_poses(gt.poses, cams, affines)  # (B, V, G, J, 2)
+        points, seen, _ = project_poses(gt.poses, cams, affines)  # (B, V, G, J, 2)
         weights = (seen & gt.visible[:, None]).to(points.dtype)
         target = render_heatmaps(points, weights, mcfg.heatmap_size, mcfg.heatmap_sigma)
         out["loss_2d"] = losses.heatmap_mse(heatmaps, target)

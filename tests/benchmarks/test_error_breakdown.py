@@ -3,11 +3,10 @@ sign, on hand-built frames whose answers are worked out by hand."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import error_breakdown as eb
 import numpy as np
 import pytest
 
@@ -17,18 +16,6 @@ from selfpose3d.skeleton import NUM_JOINTS, ROOT_INDEX, STANDING_POSE
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _import_benchmark():
-    # benchmarks/ is a directory of scripts, not a package: import the file by path.
-    spec = importlib.util.spec_from_file_location(
-        "error_breakdown", REPO / "benchmarks" / "error_breakdown.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-eb = _import_benchmark()
 POSE = np.asarray(STANDING_POSE, dtype=np.float64)  # (J, 3) mm, centred near the origin
 
 
@@ -72,6 +59,38 @@ def test_offset_and_shape_split_the_error():
     swap = {r.split()[0]: r.split()[4] for r in rows}
     assert swap["l_ankle"] == swap["r_ankle"] == "100.0"
     assert swap["l_knee"] == "0.0" and swap["neck"] == "-"
+
+
+def test_vertical_and_horizontal_parts_of_the_joint_error():
+    gt = POSE + [0.0, 0.0, 900.0]
+    lifted = gt + [30.0, 40.0, 0.0]  # 50 mm sideways ...
+    lifted[eb.PANOPTIC15_JOINTS.index("l_ankle"), 2] += 60.0  # ... and one ankle 60 mm too high
+    sunk = gt.copy()
+    sunk[eb.PANOPTIC15_JOINTS.index("l_ankle"), 2] -= 20.0  # another person's ankle too low
+    people = eb.matched_people(
+        [FramePrediction(lifted[None], np.ones(1)), FramePrediction(sunk[None], np.ones(1))],
+        [frame("a", gt), frame("b", gt)],
+    )
+    rows = {r.split()[0]: r.split() for r in eb.joint_table(people).splitlines()[1:]}
+    dz, abs_dz, dxy = (float(x) for x in rows["l_ankle"][5:8])
+    assert (dz, abs_dz, dxy) == pytest.approx((20.0, 40.0, 25.0))  # means over the two people
+    assert [float(x) for x in rows["neck"][5:8]] == pytest.approx([0.0, 0.0, 25.0])
+    # Both bodies keep every joint's horizontal place relative to their root: the "xy r" of
+    # the two is undefined (no spread across people, the same GT twice).
+    assert rows["l_ankle"][8] == "-" and rows["mid_hip"][8] == "-"
+    # Two people whose arms point different ways: predictions that follow them score 1,
+    # predictions with the two directions exchanged -1.
+    wrist = eb.PANOPTIC15_JOINTS.index("l_wrist")
+    a, b = gt.copy(), gt.copy()
+    a[wrist, :2] += [300.0, 0.0]
+    b[wrist, :2] -= [300.0, 0.0]
+    for pred_a, pred_b, want in ((a, b, "1.00"), (b, a, "-1.00")):
+        people = eb.matched_people(
+            [FramePrediction(pred_a[None], np.ones(1)), FramePrediction(pred_b[None], np.ones(1))],
+            [frame("a", a), frame("b", b)],
+        )
+        rows = {r.split()[0]: r.split() for r in eb.joint_table(people).splitlines()[1:]}
+        assert rows["l_wrist"][8] == want
 
 
 def test_closest_prediction_wins_and_far_or_absent_ones_are_missed():
@@ -133,13 +152,16 @@ def test_augmented_table_counts_joints_the_augmentations_crop_out(tmp_path):
     frames = list(read_dataset(tmp_path / "pq" / "train"))
     cfg = load_config(REPO / "configs" / "smoke.yaml", ["model.input_mode=pseudo_heatmaps"])
 
-    def shares(**augment) -> list[tuple[float, float]]:
+    def shares(border_px: float = 1.0, **augment) -> list[tuple[float, float]]:
         c = dataclasses.replace(cfg, train=dataclasses.replace(
             cfg.train, augment=dataclasses.replace(cfg.train.augment, **augment)))  # fmt: skip
-        rows = eb.augmented_table(frames, c).splitlines()[2:]
-        return [(float(r.split()[1]), float(r.split()[2])) for r in rows]
+        rows = eb.augmented_table(frames, c, border_px=border_px).splitlines()[2:]
+        return [tuple(float(x) for x in r.split()[1:4]) for r in rows]
 
     gentle = shares(rotation_prob=0.0, scale_range=[0.0, 0.0])
     rough = shares(rotation_prob=1.0, max_rotation_deg=90.0, scale_range=[0.3, 0.3])
-    assert all(a3 == 100.0 for a3, _ in gentle + rough)  # A3 shows every detected joint
-    assert sum(aug for _, aug in rough) < sum(aug for _, aug in gentle) <= 100.0 * len(gentle)
+    assert all(a3 == 100.0 for a3, _, _ in gentle + rough)  # A3 shows every detected joint
+    assert sum(r[1] for r in rough) < sum(g[1] for g in gentle) <= 100.0 * len(gentle)
+    assert sum(r[2] for r in rough) < sum(g[2] for g in gentle) <= 100.0 * len(gentle)
+    # A border wider than half the image leaves no joint off it: nothing to count.
+    assert all(off == 0.0 for _, _, off in shares(border_px=1e4, rotation_prob=0.0))

@@ -6,29 +6,16 @@ Smoke preset, synthetic frames, tiny images: a few seconds on one core.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+import step_time
 import torch
 
 from selfpose3d.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
-
-
-def _import_benchmark():
-    # benchmarks/ is a directory of scripts, not a package: import the file by path.
-    spec = importlib.util.spec_from_file_location("step_time", REPO / "benchmarks" / "step_time.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
-
-
-step_time = _import_benchmark()
 
 
 @pytest.fixture(autouse=True)

@@ -8,13 +8,12 @@ on one core.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tracking
 
 from selfpose3d.config import load_config
 from selfpose3d.data.synthetic import generate
@@ -22,18 +21,6 @@ from selfpose3d.data.synthetic import generate
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 CAMERAS = '["00_03", "00_06", "00_12", "00_13", "00_23"]'  # the cpu preset's dome views
-
-
-def _import_benchmark():
-    # benchmarks/ is a directory of scripts, not a package: import the file by path.
-    spec = importlib.util.spec_from_file_location("tracking", REPO / "benchmarks" / "tracking.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
-
-
-tracking = _import_benchmark()
 
 
 @pytest.fixture(scope="module")

@@ -118,3 +118,34 @@ def test_stacked_versions_share_proposals_and_equal_separate_calls(rig):
     assert not torch.equal(first, second)  # the versions really differ
     with pytest.raises(ValueError, match="whole versions"):  # 3 rows for 2 samples
         net(heatmaps[:1].repeat(3, 1, 1, 1, 1), proposals, cams, affines.repeat(2, 1, 1, 1)[:3])
+
+
+def test_an_offset_cube_reaches_joints_a_centred_cube_cuts_off(rig):
+    # A standing person: the feet ~1000 mm below the root, outside a centred 1.6 m cube
+    # (800 mm down); shifted 300 mm down the cube holds every joint.
+    cams, affines = rig(4, seed=2)
+    root = torch.tensor([50.0, -80.0, 1100.0])
+    joints = root + torch.tensor(
+        [[(i % 3 - 1) * 250.0, (i // 3 % 3 - 1) * 200.0, -1000.0 + (i % 5) * 300.0]
+         for i in range(NUM_JOINTS)]
+    )  # fmt: skip
+    heatmaps = _joint_heatmaps(cams, affines, joints[None, None])
+    proposals = torch.cat([root, torch.tensor([1.0, 1.0])])[None, None]
+    voxel = 1600.0 / 15
+    feet = joints[:, 2] - root[2] < -800.0
+    errors = {}
+    for offset in ([0.0, 0.0, 0.0], [0.0, 0.0, -300.0]):
+        net = build_pose_net(tiny_config(pose_bins=[16, 16, 16], pose_cube_offset=offset))
+        net.v2v = torch.nn.Identity()
+        errors[offset[2]] = (net(heatmaps, proposals, cams, affines)[0, 0] - joints).norm(dim=-1)
+    assert feet.sum() == 3
+    assert errors[-300.0].max() < voxel
+    assert (errors[0.0][feet] > 150.0).all()  # clamped to the cube's floor, 200 mm up
+    assert errors[0.0][~feet].max() < voxel
+
+
+def test_an_offset_that_leaves_the_root_outside_the_cube_is_refused():
+    with pytest.raises(ValueError, match="pose_cube_offset .* keep the root inside the cube"):
+        tiny_config(pose_cube_offset=[0.0, 0.0, -800.0])
+    with pytest.raises(ValueError, match="pose_cube_offset needs 3 values"):
+        tiny_config(pose_cube_offset=[0.0, -100.0])

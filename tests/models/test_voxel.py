@@ -9,6 +9,7 @@ from selfpose3d.models.voxel import (
     _UNSEEN,
     CameraBatch,
     SpaceProjector,
+    inside_image,
     project_to_views,
     sample_points,
     to_heatmap_grid,
@@ -85,6 +86,23 @@ def test_points_behind_a_camera_are_not_seen(rig):
     points = torch.stack([centre + 1000 * forward, centre - 1000 * forward])[None]
     _, valid = project_to_views(points, cams)
     assert valid[0, 0].tolist() == [True, False]
+
+
+def test_points_beside_the_image_are_faithful_but_not_seen(rig):
+    cams, _ = rig(1, seed=4, distortion=False)
+    R, t = cams.R[0, 0], cams.t[0, 0]
+    # One point on the optical axis, one 50 px past the image's right edge, one behind.
+    f, cx = float(cams.K[0, 0, 0, 0]), float(cams.K[0, 0, 0, 2])
+    side = (float(cams.size[0, 0, 0]) - cx + 50.0) / f  # normalised x 50 px past the right edge
+    cam_points = torch.tensor([[0.0, 0.0, 1000.0], [1000.0 * side, 0.0, 1000.0],
+                               [0.0, 0.0, -1000.0]])  # fmt: skip
+    world = ((cam_points - t) @ R)[None]
+    uv, seen = project_to_views(world, cams)
+    _, faithful = project_to_views(world, cams, within_image=False)
+    assert uv[0, 0, 1, 0] == pytest.approx(float(cams.size[0, 0, 0]) + 50.0, abs=1e-2)
+    assert seen[0, 0].tolist() == [True, False, False]
+    assert faithful[0, 0].tolist() == [True, True, False]
+    assert torch.equal(seen, faithful & inside_image(uv, cams.size))
 
 
 def test_distortion_fold_back_is_masked(rig):

@@ -96,6 +96,19 @@ def test_a_checkpoint_of_another_model_shape_is_refused(tmp_path, make_config):
     assert "has shape" in message and "written for preset" not in message
 
 
+def test_a_cube_offset_must_match_and_old_signatures_have_none(tmp_path, make_config):
+    cfg = make_config(pseudo=True)
+    model = build_model(cfg.model)
+    save_checkpoint(tmp_path / "c.pt", _state(model, cfg))
+    state = load_checkpoint(tmp_path / "c.pt")
+    del state["signature"]["model"]["pose_cube_offset"]  # written before the field existed
+    load_model_weights(model, state, model_signature(model, cfg.model, "smoke"), "c.pt")
+    lowered = make_config("model.pose_cube_offset=[0,0,-200]", pseudo=True)
+    with pytest.raises(CheckpointMismatchError, match=r"model.pose_cube_offset is \[0.0, 0.0, "
+                       r"0.0\] there, \[0.0, 0.0, -200.0\] here"):  # fmt: skip
+        load_model_weights(model, state, model_signature(model, lowered.model, "smoke"), "c.pt")
+
+
 def test_train_refuses_to_resume_a_run_of_another_preset(tmp_path, smoke_data, make_config):
     cfg = make_config("train.root.epochs=1", "train.max_steps_per_epoch=1", pseudo=True)
     train(cfg, smoke_data, tmp_path / "run", stages=["root"], preset="cpu", progress=False)

@@ -8,10 +8,11 @@ import torch
 
 from selfpose3d.data.batches import GroundTruth, iterate_batches, make_batch
 from selfpose3d.models.model import build_model
+from selfpose3d.skeleton import PANOPTIC15_JOINTS
 from selfpose3d.training.loop import train_stage
 from selfpose3d.training.run import load_trained_model, predict_batch, train
 from selfpose3d.training.schedule import set_trainable
-from selfpose3d.training.steps import STAGES, batch_spec
+from selfpose3d.training.steps import STAGES, batch_spec, project_poses
 
 
 def _batch(frames, stage, cfg, n=1, seed=0):
@@ -188,3 +189,34 @@ def test_a_non_finite_gradient_skips_the_update_and_is_counted(train_frames, mak
     assert metrics["skipped_updates"] == metrics["step"] > 0  # every update was skipped
     for k, v in model.root_net.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_the_l1_term_pulls_back_a_joint_that_left_every_picture(train_frames, make_config):
+    # A predicted ankle moved where no view sees it but every camera still projects it
+    # faithfully (in front, inside the distortion's monotonic radius): the heatmap term
+    # cannot draw it, but the L1 term must still compare it with its label.
+    cfg = make_config("train.l1_from_epoch=0", pseudo=True)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    torch.nn.init.constant_(model.root_net.v2v.output_layer.bias, 1.0)  # every slot a person
+    batch = _batch(train_frames, "pose", cfg)
+    ankle = PANOPTIC15_JOINTS.index("l_ankle")
+    gt = batch.gt.poses[0, : int(batch.gt.valid[0].sum())]  # (G, J, 3) mm
+    k = cfg.model.max_people
+    base = gt[torch.arange(k) % len(gt)].clone()  # (K, J, 3): the GT people in every slot
+    cams, affines = batch.cameras, batch.view("a1").affines
+    for lift in (1000.0, 2000.0, 3000.0, 4000.0):
+        moved = base.clone()
+        moved[:, ankle, 2] += lift
+        _, seen, faithful = project_poses(moved[None], cams, affines)
+        if not seen[..., ankle].any() and faithful[..., ankle].all():
+            break
+    else:
+        pytest.fail("no lift puts the ankle out of every view while projecting faithfully")
+    pred = moved.requires_grad_(True)
+    model.poses = lambda heatmaps, *args: pred.expand(heatmaps.shape[0], -1, -1, -1)
+    out = STAGES["pose"].step(model, batch, cfg.train, epoch=0)
+    (grad,) = torch.autograd.grad(out["loss_l1"], pred, retain_graph=True)
+    assert grad[:, ankle].abs().sum() > 0  # pulled back, though no view sees it
+    (grad,) = torch.autograd.grad(out["loss_reproj"], pred, allow_unused=True)
+    assert grad is None or grad[:, ankle].abs().sum() == 0  # it cannot be drawn anywhere
