@@ -34,8 +34,8 @@ class ModelConfig:
     space_center: list[float] = field(default_factory=lambda: [0.0, -500.0, 800.0])  # mm
     root_bins: list[int] = field(default_factory=lambda: [80, 80, 20])
     pose_cube_size: list[float] = field(default_factory=lambda: [2000.0, 2000.0, 2000.0])  # mm
-    # The pose cube's centre relative to the root proposal (mm, world axes): the ankles of a
-    # standing person lie ~900 mm below the mid-hip root, near the edge of a centred 2 m cube.
+    # The pose cube's centre relative to the root proposal (mm, world axes), for people who
+    # reach beyond a root-centred cube (raised hands, long limbs) without adding voxels.
     pose_cube_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     pose_bins: list[int] = field(default_factory=lambda: [64, 64, 64])
     beta: float = 100.0  # soft-argmax sharpness
