@@ -40,7 +40,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from selfpose3d.config import Config
-from selfpose3d.data.batches import iterate_batches
+from selfpose3d.data.batches import iterate_batches, off_border
 from selfpose3d.evaluation import FrameGT
 from selfpose3d.evaluation.panoptic import RECALL_THRESHOLD_MM, match_frame
 from selfpose3d.models.model import apply_affine
@@ -136,13 +136,13 @@ def joint_table(people: list[dict]) -> str:
             e = float(np.linalg.norm(pred[j] - gt[j]))
             err[j].append(e)
             diffs[j].append(pred[j] - gt[j])
-            if j != ROOT_INDEX:  # horizontal offset from the root, predicted and GT
-                limbs[j].append(((pred[j] - pred[ROOT_INDEX])[:2], (gt[j] - root)[:2]))
             if flip[j] != j:
                 swapped[j].append(float(np.linalg.norm(pred[j] - gt[flip[j]])) < e)
             if j != ROOT_INDEX:
                 axis = (gt[j] - root) / np.linalg.norm(gt[j] - root)
                 radial[j].append(float((pred[j] - gt[j]) @ axis))
+                # the horizontal offset from the root, predicted and GT
+                limbs[j].append(((pred[j] - pred[ROOT_INDEX])[:2], (gt[j] - root)[:2]))
     lines = [f"{'joint':<16} {'mean error':>11} {'median':>7} {'radial':>8} {'swap %':>7} "
              f"{'dz':>7} {'|dz|':>7} {'|dxy|':>7} {'xy r':>6}"]  # fmt: skip
     for j, name in enumerate(PANOPTIC15_JOINTS):
@@ -178,9 +178,9 @@ def label_table(frames: list, gate_px: float = 40.0, border_px: float = 1.0) -> 
                 if cost[d, g] > gate_px:
                     continue
                 people += 1
-                x, y, c = det[d].T
-                on_border = (x < border_px) | (y < border_px) \
-                    | (x > cam.width - 1 - border_px) | (y > cam.height - 1 - border_px)
+                c = det[d, :, 2]
+                on_border = ~off_border(det[d, :, :2], np.array([cam.width, cam.height]),
+                                        border_px)  # fmt: skip
                 detected += c > 0
                 border += (c > 0) & on_border
                 for j in np.flatnonzero((c > 0) & ~on_border):
@@ -208,14 +208,13 @@ def augmented_table(frames: list, cfg: Config, seed: int = 0, border_px: float =
     rng = np.random.default_rng(seed)
     for batch in iterate_batches(frames, 8, rng, spec, shuffle=False):
         detected = (batch.pseudo.confidence > 0).numpy()  # (B, V, P, J)
-        xy = batch.pseudo.joints.numpy()  # (B, V, P, J, 2) original px
-        hi = batch.cameras.size.numpy()[:, :, None, None, :] - 1.0 - border_px
-        off_border = detected & ((xy >= border_px) & (xy <= hi)).all(-1)
+        size = batch.cameras.size.numpy()[:, :, None, None]  # (B, V, 1, 1, 2) original px
+        away = detected & off_border(batch.pseudo.joints.numpy(), size, border_px)
         for name in ("a3", "a1", "a2"):
             hm = apply_affine(batch.pseudo.joints, batch.view(name).affines).numpy()
             ok = (hm >= -0.5).all(-1) & (hm[..., 0] <= w - 0.5) & (hm[..., 1] <= h - 0.5)
             for key, counted in ((("a3", detected),) if name == "a3" else
-                                 (("a1a2", detected), ("a1a2 off border", off_border))):
+                                 (("a1a2", detected), ("a1a2 off border", away))):
                 inside[key] += (ok & counted).sum((0, 1, 2))
                 total[key] += counted.sum((0, 1, 2))
     lines = [f"detected pseudo joints inside the heatmap ({len(frames)} frames)",

@@ -41,6 +41,7 @@ import torch
 from selfpose3d.geometry import affine
 from selfpose3d.geometry.camera import Camera, stack_cameras
 from selfpose3d.io import atomic_write_bytes, atomic_write_json
+from selfpose3d.models.config import ADDED_FIELDS
 from selfpose3d.models.heatmaps import render_heatmaps
 from selfpose3d.models.output import ModelOutput
 from selfpose3d.models.pose_net import soft_argmax
@@ -75,8 +76,6 @@ _GEOMETRY_KEYS = (
     "root_bins", "pose_cube_size", "pose_cube_offset", "pose_bins", "beta", "max_people",
     "proposal_threshold", "root_refine", "projection_cache_size",
 )  # fmt: skip
-# Keys added after exports were first written: an export without one has the default.
-_ADDED_GEOMETRY = {"pose_cube_offset": [0.0, 0.0, 0.0]}
 
 Cameras = CameraBatch | Mapping[str, Any]
 
@@ -215,7 +214,7 @@ def _read_geometry(directory: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a selfpose3d export of version {EXPORT_VERSION}")
     geometry = meta.get("geometry")
     if isinstance(geometry, dict):
-        meta["geometry"] = {**_ADDED_GEOMETRY, **geometry}
+        meta["geometry"] = {**ADDED_FIELDS, **geometry}
     missing = [k for k in _GEOMETRY_KEYS if k not in meta.get("geometry", {})]
     if missing or meta.get("format") not in _SUFFIX or not isinstance(meta.get("files"), dict):
         raise ValueError(f"{path}: incomplete export description "

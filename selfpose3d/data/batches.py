@@ -303,6 +303,12 @@ def make_views(
     return Views(affines=affines, images=normalize_images(images))
 
 
+def off_border(xy: np.ndarray, size: np.ndarray, border_px: float) -> np.ndarray:
+    """xy (..., 2) px, image sizes (..., 2) (w, h) that broadcast against it -> (...) bool: at
+    least ``border_px`` from every edge (pixel centres run from 0 to size - 1)."""
+    return ((xy >= border_px) & (xy <= size - 1.0 - border_px)).all(-1)
+
+
 def _pseudo_poses(frames: Sequence[MultiViewFrame], border_px: float = 0.0) -> PseudoPoses:
     """The frames' pseudo poses padded to (B, V, P, J); with ``border_px`` > 0 the joints
     that lie within that many px of their image's border count as undetected."""
@@ -320,9 +326,7 @@ def _pseudo_poses(frames: Sequence[MultiViewFrame], border_px: float = 0.0) -> P
         # A heatmap detector answers inside the image: a joint it cannot see there (out of
         # frame) is put on the border, where its position says nothing of the person.
         size = np.array([[[c.width, c.height] for c in f.cameras] for f in frames], np.float32)
-        hi = (size - 1.0 - border_px)[:, :, None, None, :]  # (B, V, 1, 1, 2)
-        xy = arr[..., :2]
-        ok &= ((xy >= border_px) & (xy <= hi)).all(-1)
+        ok &= off_border(arr[..., :2], size[:, :, None, None], border_px)  # (B, V, P, J)
     arr = np.where(ok[..., None], arr, 0.0)
     return PseudoPoses(joints=torch.from_numpy(arr[..., :2]).contiguous(),
                        confidence=torch.from_numpy(arr[..., 2]).contiguous())  # fmt: skip

@@ -15,6 +15,11 @@ BACKBONE_STRIDE = 32
 HEATMAP_STRIDE = 4
 
 
+# Model fields added after checkpoints and exports were first written, with the value a file
+# written before them meant.
+ADDED_FIELDS: dict[str, object] = {"pose_cube_offset": [0.0, 0.0, 0.0]}
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     input_mode: Literal["images", "pseudo_heatmaps"] = "images"

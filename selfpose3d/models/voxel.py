@@ -172,7 +172,8 @@ def _max_monotonic_r2(dist: torch.Tensor) -> torch.Tensor:
 
 
 def inside_image(uv: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
-    """uv (B, V, N, 2) px, image sizes (B, V, 2) (w, h) -> (B, V, N) bool: on a pixel."""
+    """uv (B, V, N, 2) px, image sizes (B, V, 2) (w, h) -> (B, V, N) bool: on a pixel.
+    Any leading dimensions of uv work with sizes that broadcast against them, e.g. (2,)."""
     w, h = size[..., 0:1], size[..., 1:2]  # (B, V, 1)
     u, v = uv[..., 0], uv[..., 1]
     return (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)

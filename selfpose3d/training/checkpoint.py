@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from selfpose3d.io import atomic_write_bytes, atomic_write_json
-from selfpose3d.models.config import ModelConfig
+from selfpose3d.models.config import ADDED_FIELDS, ModelConfig
 
 FORMAT_VERSION = 1
 LATEST = "latest.json"
@@ -33,8 +33,6 @@ STRUCTURAL_FIELDS = (
     "use_attention", "space_size", "space_center", "root_bins", "pose_cube_size",
     "pose_cube_offset", "pose_bins", "v2v_width",
 )  # fmt: skip
-# Fields added after checkpoints were first written: a signature without one has the default.
-_ADDED_FIELDS = {"pose_cube_offset": [0.0, 0.0, 0.0]}
 
 
 class CheckpointMismatchError(ValueError):
@@ -57,7 +55,7 @@ def check_signature(found: dict[str, Any], expected: dict[str, Any], source: str
         problems.append(f"it was written for preset {found.get('preset')!r}, this run uses "
                         f"preset {expected['preset']!r}")  # fmt: skip
     for key, want in expected["model"].items():
-        have = found.get("model", {}).get(key, _ADDED_FIELDS.get(key))
+        have = found.get("model", {}).get(key, ADDED_FIELDS.get(key))
         if have != want:
             problems.append(f"model.{key} is {have!r} there, {want!r} here")
     have_shapes, want_shapes = found.get("shapes", {}), expected["shapes"]

@@ -213,7 +213,7 @@ def pose_step(
     if epoch >= l1_from and cfg.l1_weight > 0:
         w, h = mcfg.heatmap_size
         pseudo = apply_affine(batch.pseudo.joints.repeat(2, 1, 1, 1, 1), affines)
-        inside = ((pseudo >= -0.5) & (pseudo <= pseudo.new_tensor([w, h]) - 0.5)).all(-1)
+        inside = inside_image(pseudo, pseudo.new_tensor([w, h]))
         terms = losses.hungarian_l1_terms(
             points, person2[:, None].expand(-1, points.shape[1], -1), pseudo,
             label_w.repeat(2, 1, 1, 1) * inside, (w, h), pred_visible=faithful,
