@@ -12,8 +12,8 @@ there, or an ingested dataset given by ``--data``) it
    change it);
 
 and evaluates all three on the test sequences, which no training stage sees. It prints the
-metrics table, the learning curves (the first ``train.eval_max_frames`` test frames scored
-after every epoch; 0 = none), a table of training steps and wall time per stage, the peak
+metrics table, the learning curves (``train.eval_max_frames`` test frames spread over the split,
+scored after every epoch; 0 = none), a table of training steps and wall time per stage, the peak
 resident memory of the process, and as its last line one JSON object
 ``{"selfsup": {...}, "supervised": {...}, "triangulation": {...}}`` whose entries hold the
 ``evaluate`` keys (ap25 ... ap150, recall500, mpjpe in mm; the models also root_*) and, for
@@ -170,8 +170,8 @@ def main() -> None:
         print(format_metrics_table(trained, ROOT_COLUMNS))
     for method, curve in curves.items():
         if curve:
-            print(f"\nLearning curve of {method} (first {cfg.train.eval_max_frames} test frames, "
-                  f"after every epoch):")  # fmt: skip
+            print(f"\nLearning curve of {method} ({cfg.train.eval_max_frames} test frames "
+                  f"spread over the split, after every epoch):")  # fmt: skip
             print(format_metrics_table({f"{c['stage']} epoch {c['epoch']}": c for c in curve},
                                        (*PANOPTIC_COLUMNS, ("root_mpjpe", "Root MPJPE")),
                                        name_header="Stage"))  # fmt: skip

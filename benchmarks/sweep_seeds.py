@@ -59,6 +59,7 @@ def _train_and_score(job: dict[str, Any]) -> dict[str, Any]:
         evaluate_model,
         load_frames,
         load_trained_model,
+        spread_frames,
         train_frames,
     )
 
@@ -66,7 +67,7 @@ def _train_and_score(job: dict[str, Any]) -> dict[str, Any]:
     validation = set(job["validation"])
     frames = load_frames(job["data"], "train")
     train = [f for f in frames if f.sequence not in validation]
-    held_out = [f for f in frames if f.sequence in validation][: job["frames"]]
+    held_out = spread_frames([f for f in frames if f.sequence in validation], job["frames"])
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         summary = train_frames(cfg, train, out, cfg.sweep.stages, progress=False,
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             jobs.append({"name": name, "seed": seed, "config": config_to_dict(cfg),
                          "data": str(args.data), "init": state["init"],
                          "validation": state["validation"], "frames": frames})  # fmt: skip
-    print(f"{len(jobs)} trainings, {args.jobs} at a time; validation: the first {frames} "
-          f"frames of {', '.join(state['validation'])}", flush=True)
+    print(f"{len(jobs)} trainings, {args.jobs} at a time; validation: {frames} frames "
+          f"spread over {', '.join(state['validation'])}", flush=True)
     if args.jobs == 1:
         results = [run_one(job) for job in jobs]
     else:

@@ -92,6 +92,10 @@ class TrainConfig:
     l1_weight: float = 0.01  # lambda
     attention_weight: float = 0.1  # sigma
     l1_from_epoch: int = 5  # pose stage; the finetune stage uses L1 from its start
+    # Pseudo joints within this many px of their image's border are left out of the L1 term
+    # (0 = all are compared, the reference). A heatmap detector answers inside the image, so
+    # it parks a joint it cannot see there on the border: L1 would pull the prediction there.
+    l1_border_px: float = 0.0
     hard_label_threshold: float = 0.7  # pseudo joints below this confidence are dropped (hard)
     synthetic_root_weight: float = 100.0
     root_consistency_weight: float = 1.0  # 0 = synthetic roots only (no real views needed)
@@ -117,7 +121,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
     keep_checkpoints: int = 2  # newest checkpoint files kept (older ones are deleted)
     image_cache_mb: int = 512  # decoded images kept in memory between epochs
-    # Frames of the evaluation split scored after every epoch when one is given (0 = none).
+    # Frames of the evaluation split scored after every epoch when one is given, evenly
+    # spaced over it (0 = none).
     eval_max_frames: int = 200
     # Frames of it drawn (3D prediction vs GT, 2D overlay) after training, logged as artifacts.
     eval_figures: int = 4
@@ -131,6 +136,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.l1_from_epoch < 0:
             raise ValueError("train.l1_from_epoch must be >= 0")
+        if not 0 <= self.l1_border_px < 100:
+            raise ValueError(f"train.l1_border_px must be in [0, 100) px (0 = compare every "
+                             f"label), got {self.l1_border_px}")  # fmt: skip
         if not 0 < self.hard_label_threshold <= 1:
             raise ValueError("train.hard_label_threshold must be in (0, 1]")
         margins = self.synthetic_root_margins

@@ -72,6 +72,18 @@ def load_frames(data_dir: str | Path, split: str) -> list[MultiViewFrame]:
     return frames
 
 
+def spread_frames(frames: Sequence[MultiViewFrame], count: int) -> list[MultiViewFrame]:
+    """At most ``count`` frames evenly spaced over ``frames``, in order (all of them when
+    there are fewer). Frames of a split come sequence after sequence and adjacent frames are
+    near-duplicates: the first ``count`` would score one stretch of the first sequence."""
+    if count <= 0:
+        return []
+    if count >= len(frames):
+        return list(frames)
+    # A spacing of at least one frame: the rounded indices are distinct.
+    return [frames[i] for i in np.linspace(0, len(frames) - 1, count).round().astype(int)]
+
+
 def default_stages(cfg: Config) -> list[str]:
     """The self-supervised schedule; without heatmap_net_2d there is no backbone stage."""
     stages = list(SELF_SUPERVISED_STAGES)
@@ -149,7 +161,8 @@ def train(
     order, in this process; returns a summary (see :func:`train_frames`).
 
     eval_split: a split of ``data_dir`` evaluated after every epoch (at most
-    ``train.eval_max_frames`` frames of it), its metrics reported with the prefix ``eval_``.
+    ``train.eval_max_frames`` frames spread over it), its metrics reported with the prefix
+    ``eval_``.
     """
     frames = load_frames(data_dir, "train")
     eval_frames = load_frames(data_dir, eval_split) if eval_split else None
@@ -237,7 +250,7 @@ def train_frames(
     cache = ImageCache(cfg.train.image_cache_mb << 20)
     metrics: dict[str, dict[str, float]] = {}
     stage_seconds: dict[str, float] = {}
-    eval_frames = list(eval_frames or [])[: cfg.train.eval_max_frames]
+    eval_frames = spread_frames(list(eval_frames or []), cfg.train.eval_max_frames)
     for stage in stages:
         if stage in completed:
             continue

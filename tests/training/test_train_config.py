@@ -1,4 +1,5 @@
-"""The training configuration: presets load, mistakes are errors naming the key."""
+"""The training configuration: presets load, mistakes are errors naming the key, and what
+the settings select."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from selfpose3d.config import ConfigError, load_config
 from selfpose3d.training.config import PAPER_ROOT_MARGINS, StageConfig, TrainConfig
+from selfpose3d.training.run import spread_frames
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -54,3 +56,13 @@ def test_stage_lookup():
         cfg.stage("nope")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size"):
         StageConfig(batch_size=0)
+
+
+def test_per_epoch_evaluation_frames_are_spread_over_the_split():
+    frames = list(range(10))  # stands for a split's frames, sequence after sequence
+    assert spread_frames(frames, 4) == [0, 3, 6, 9]  # linspace(0, 9, 4) = 0, 3, 6, 9
+    assert spread_frames(frames, 3) == [0, 4, 9]  # 0, 4.5, 9 rounded half to even
+    assert spread_frames(frames, 9) == [0, 1, 2, 3, 4, 6, 7, 8, 9]  # distinct, in order
+    assert spread_frames(frames, 1) == [0]
+    assert spread_frames(frames, 10) == spread_frames(frames, 50) == frames
+    assert spread_frames(frames, 0) == []
