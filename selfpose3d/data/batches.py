@@ -48,6 +48,7 @@ from selfpose3d.training.config import AugmentConfig
 
 VersionName = Literal["a1", "a2", "a3"]
 Labels = Literal["soft", "hard"]
+Array = np.ndarray | torch.Tensor
 GT_MIN_VISIBILITY = 0.1  # a GT joint counts when its visibility exceeds this (DESIGN §3.1)
 
 
@@ -303,9 +304,10 @@ def make_views(
     return Views(affines=affines, images=normalize_images(images))
 
 
-def off_border(xy: np.ndarray, size: np.ndarray, border_px: float) -> np.ndarray:
+def off_border(xy: Array, size: Array, border_px: float) -> Array:
     """xy (..., 2) px, image sizes (..., 2) (w, h) that broadcast against it -> (...) bool: at
-    least ``border_px`` from every edge (pixel centres run from 0 to size - 1)."""
+    least ``border_px`` from every edge (pixel centres run from 0 to size - 1). NumPy arrays
+    or torch tensors."""
     return ((xy >= border_px) & (xy <= size - 1.0 - border_px)).all(-1)
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from selfpose3d import losses
-from selfpose3d.data.batches import Batch, BatchSpec, Labels, VersionName
+from selfpose3d.data.batches import Batch, BatchSpec, Labels, VersionName, off_border
 from selfpose3d.models.config import ModelConfig
 from selfpose3d.models.heatmaps import render_cubes, render_heatmaps
 from selfpose3d.models.model import SelfPose3dModel, apply_affine
@@ -212,11 +212,15 @@ def pose_step(
     l1_from = cfg.l1_from_epoch if l1_from_epoch is None else l1_from_epoch
     if epoch >= l1_from and cfg.l1_weight > 0:
         w, h = mcfg.heatmap_size
+        compared = label_w
+        if cfg.l1_border_px > 0:  # border-parked labels say only "beyond this edge"
+            size = batch.cameras.size[:, :, None, None]  # (B, V, 1, 1, 2)
+            compared = compared * off_border(batch.pseudo.joints, size, cfg.l1_border_px)
         pseudo = apply_affine(batch.pseudo.joints.repeat(2, 1, 1, 1, 1), affines)
         inside = inside_image(pseudo, pseudo.new_tensor([w, h]))
         terms = losses.hungarian_l1_terms(
             points, person2[:, None].expand(-1, points.shape[1], -1), pseudo,
-            label_w.repeat(2, 1, 1, 1) * inside, (w, h), pred_visible=faithful,
+            compared.repeat(2, 1, 1, 1) * inside, (w, h), pred_visible=faithful,
         )  # fmt: skip
         out["loss_l1"] = cfg.l1_weight * losses.drop_worst_mean(terms.reshape(2, -1)).sum()
     if cfg.pose_heatmap_weight > 0 and _trains(model.heatmap_net_2d):

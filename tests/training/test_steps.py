@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from selfpose3d.data.batches import GroundTruth, iterate_batches, make_batch
 from selfpose3d.models.model import build_model
 from selfpose3d.skeleton import PANOPTIC15_JOINTS
+from selfpose3d.training.config import TrainConfig
 from selfpose3d.training.loop import train_stage
 from selfpose3d.training.run import load_trained_model, predict_batch, train
 from selfpose3d.training.schedule import set_trainable
@@ -191,19 +194,25 @@ def test_a_non_finite_gradient_skips_the_update_and_is_counted(train_frames, mak
         assert torch.equal(v, before[k]), k
 
 
+def _gt_in_every_slot(frames, cfg):
+    """A model whose root_net flags every proposal slot as a person, a pose batch of the
+    first frame, and its GT people repeated over the K slots (K, J, 3) mm, to stand in for
+    pose_net's output."""
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    torch.nn.init.constant_(model.root_net.v2v.output_layer.bias, 1.0)
+    batch = _batch(frames, "pose", cfg)
+    gt = batch.gt.poses[0, : int(batch.gt.valid[0].sum())]  # (G, J, 3)
+    return model, batch, gt[torch.arange(cfg.model.max_people) % len(gt)].clone()
+
+
 def test_the_l1_term_pulls_back_a_joint_that_left_every_picture(train_frames, make_config):
     # A predicted ankle moved where no view sees it but every camera still projects it
     # faithfully (in front, inside the distortion's monotonic radius): the heatmap term
     # cannot draw it, but the L1 term must still compare it with its label.
     cfg = make_config("train.l1_from_epoch=0", pseudo=True)
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    torch.nn.init.constant_(model.root_net.v2v.output_layer.bias, 1.0)  # every slot a person
-    batch = _batch(train_frames, "pose", cfg)
+    model, batch, base = _gt_in_every_slot(train_frames, cfg)
     ankle = PANOPTIC15_JOINTS.index("l_ankle")
-    gt = batch.gt.poses[0, : int(batch.gt.valid[0].sum())]  # (G, J, 3) mm
-    k = cfg.model.max_people
-    base = gt[torch.arange(k) % len(gt)].clone()  # (K, J, 3): the GT people in every slot
     cams, affines = batch.cameras, batch.view("a1").affines
     for lift in (1000.0, 2000.0, 3000.0, 4000.0):
         moved = base.clone()
@@ -220,3 +229,38 @@ def test_the_l1_term_pulls_back_a_joint_that_left_every_picture(train_frames, ma
     assert grad[:, ankle].abs().sum() > 0  # pulled back, though no view sees it
     (grad,) = torch.autograd.grad(out["loss_reproj"], pred, allow_unused=True)
     assert grad is None or grad[:, ankle].abs().sum() == 0  # it cannot be drawn anywhere
+
+
+def test_l1_border_px_leaves_border_parked_labels_out_of_the_l1_term(train_frames, make_config):
+    # A heatmap detector parks a joint it cannot see on the image border. With l1_border_px
+    # the L1 term ignores such labels (moving one along the border changes nothing) and still
+    # compares a label 2 px inside the border; without it, the parked label counts.
+    cfg = make_config("train.l1_from_epoch=0", pseudo=True)
+    model, batch, pred = _gt_in_every_slot(train_frames, cfg)
+    model.poses = lambda heatmaps, *args: pred.expand(heatmaps.shape[0], -1, -1, -1)
+    ankle = PANOPTIC15_JOINTS.index("l_ankle")
+    detected = batch.pseudo.confidence[0, :, :, ankle] > 0  # (V, Q)
+    assert detected.any()
+    width, height = batch.cameras.size[0, :, 0], batch.cameras.size[0, :, 1]  # (V,)
+
+    def l1(border_px: float, v_offset: float, u_shift: float) -> float:
+        joints = batch.pseudo.joints.clone()
+        u = joints[0, :, :, ankle, 0]
+        u = torch.where(detected, (0.3 * width[:, None] + u_shift), u)
+        v = torch.where(detected, (height - 1 - v_offset)[:, None], joints[0, :, :, ankle, 1])
+        joints[0, :, :, ankle] = torch.stack([u, v], -1)
+        moved = dataclasses.replace(batch, pseudo=dataclasses.replace(batch.pseudo,
+                                                                      joints=joints))  # fmt: skip
+        train_cfg = dataclasses.replace(cfg.train, l1_border_px=border_px)
+        return float(STAGES["pose"].step(model, moved, train_cfg, epoch=0)["loss_l1"])
+
+    # On the bottom border: ignored with l1_border_px, compared without it.
+    assert l1(1.0, 0.0, 0.0) == l1(1.0, 0.0, 40.0)
+    assert l1(0.0, 0.0, 0.0) != l1(0.0, 0.0, 40.0)
+    # 2 px above the border: compared either way.
+    assert l1(1.0, 2.0, 0.0) != l1(1.0, 2.0, 40.0)
+
+
+def test_l1_border_px_is_validated():
+    with pytest.raises(ValueError, match=r"train.l1_border_px must be in \[0, 100\) px"):
+        TrainConfig(l1_border_px=-1.0)
