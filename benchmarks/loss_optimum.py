@@ -7,12 +7,13 @@ pose_net learns only what its losses reward. This script takes the network out: 
 joints of the GT people of ``--frames`` training frames become free parameters, initialised
 at the GT plus Gaussian noise (``--noise``, mm per coordinate), and Adam minimises the pose
 stage's own objective on them (``pose_step``: fresh A1/A2 augmentations every iteration,
-proposals at the GT roots, the L1 term on as from ``train.l1_from_epoch``). Per joint it
-prints the mean distance to the GT before and after. A joint that drifts away from the GT
-when it starts there has a biased loss optimum; one that stays where the noise put it gets
-no useful gradient from the loss. Objectives: ``reproj`` (heatmap reprojection), ``l1``
-(Hungarian L1, weighted by ``train.l1_weight``), ``reproj+l1`` (what the pose stage trains
-on); ``hard`` after a ``+`` uses the hard labels (the finetune stage), e.g. ``reproj+l1+hard``.
+proposals at the GT roots, the L1 term included as in the epochs from
+``train.l1_from_epoch``). Per joint it prints the mean distance to the GT before and after.
+A joint that drifts away from the GT when it starts there has a biased loss optimum; one
+that stays where the noise put it gets no useful gradient from the loss. Objectives:
+``reproj`` (heatmap reprojection), ``l1`` (Hungarian L1, weighted by ``train.l1_weight``),
+``reproj+l1`` (what the pose stage trains on); ``+hard`` after one of them uses the hard
+labels (the finetune stage), e.g. ``reproj+l1+hard``.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="K=V")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.iterations < 1 or args.frames < 1:
+        parser.error("--iterations and --frames must be >= 1")
     objectives = args.objective or ["reproj+l1", "reproj", "l1"]
     for objective in objectives:
         if objective.removesuffix("+hard") not in OBJECTIVES:
@@ -138,12 +141,11 @@ def main() -> None:
     if cfg.model.use_attention:
         raise SystemExit("the attention net reads images; set model.use_attention=false")
     frames = pick_frames(args.data, args.frames, args.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     for objective in objectives:
         for noise in (float(x) for x in args.noise.split(",")):
             t0 = time.perf_counter()
-            results = optimise(cfg, frames, objective, noise, args.iterations,
-                                              args.lr, args.seed)  # fmt: skip
+            results = optimise(cfg, frames, objective, noise, args.iterations, args.lr,
+                               args.seed)  # fmt: skip
             print(f"\nobjective {objective}, initial noise {noise:g} mm, {len(results[0])} people, "
                   f"{args.iterations} iterations, {time.perf_counter() - t0:.0f} s")
             print("| joint | before mm | after mm | after median | after abs dxy | after dz "
