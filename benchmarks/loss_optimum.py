@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from step_time import data_frames  # a sibling script: train frames with enough GT roots
 
 from selfpose3d.config import Config, load_config
-from selfpose3d.data.batches import GT_MIN_VISIBILITY, make_batch
+from selfpose3d.data.batches import make_batch
 from selfpose3d.models.model import build_model
 from selfpose3d.skeleton import PANOPTIC15_JOINTS, ROOT_INDEX
-from selfpose3d.training.run import load_frames
 from selfpose3d.training.steps import batch_spec, pose_step
 
 OBJECTIVES = {"reproj": ("loss_reproj",), "l1": ("loss_l1",),
@@ -38,8 +38,7 @@ OBJECTIVES = {"reproj": ("loss_reproj",), "l1": ("loss_l1",),
 
 def pick_frames(data: Path, count: int, seed: int) -> list:
     """``count`` training frames with at least one visible GT root, spread at random."""
-    frames = [f for f in load_frames(data, "train") if f.gt_poses is not None
-              and (f.gt_poses[:, ROOT_INDEX, 3] > GT_MIN_VISIBILITY).any()]  # fmt: skip
+    frames = data_frames(data, 1)
     if len(frames) < count:
         raise SystemExit(f"{data}: only {len(frames)} train frames with a visible GT root")
     index = np.random.default_rng(seed).choice(len(frames), count, replace=False)
