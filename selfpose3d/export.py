@@ -49,9 +49,11 @@ from selfpose3d.models.root_net import nms_topk, subvoxel_offsets
 from selfpose3d.models.voxel import (
     CameraBatch,
     SpaceProjector,
-    project_to_views,
+    camera_to_image,
+    grid_camera_frames,
     sample_views,
     to_heatmap_grid,
+    voxel_axes,
     voxel_grid,
 )
 from selfpose3d.skeleton import NUM_JOINTS, PANOPTIC15_JOINTS, ROOT_INDEX
@@ -262,9 +264,10 @@ class ExportedModel:
         origin = [c - s / 2 for c, s in zip(g["space_center"], g["space_size"], strict=True)]
         self.voxel_step = torch.tensor(step, device=self.device)  # (3,) mm
         self.origin = torch.tensor(origin, device=self.device)  # root voxel 0, mm
-        # Pose-cube voxel centres relative to the root (N, 3) mm.
-        self.offsets = voxel_grid(g["pose_cube_offset"], g["pose_cube_size"], g["pose_bins"],
-                                  device=self.device)  # fmt: skip
+        # Pose-cube voxel centres relative to the root: (N, 3) mm and per axis.
+        cube = (g["pose_cube_offset"], g["pose_cube_size"], g["pose_bins"])
+        self.offsets = voxel_grid(*cube, device=self.device)
+        self.axes = voxel_axes(*cube, device=self.device)
 
     @classmethod
     def load(cls, directory: Path | str, device: torch.device | str = "cpu") -> ExportedModel:
@@ -369,8 +372,8 @@ class ExportedModel:
         if sample.numel() == 0:
             return poses
         roots = proposals[sample, slot, :3].to(heatmaps.dtype)  # (M, 3)
-        points = roots[:, None, :] + self.offsets  # (M, N, 3)
-        uv, seen = project_to_views(points, cameras[sample])  # (M, V, N, 2), (M, V, N)
+        frames = grid_camera_frames(roots, self.axes, cameras[sample])  # 3 x (M, V, N)
+        uv, seen = camera_to_image(*frames, cameras[sample])  # (M, V, N, 2), (M, V, N)
         size = (heatmaps.shape[-1], heatmaps.shape[-2])
         grid, valid = to_heatmap_grid(uv, seen, affines[sample], size)
         cubes = sample_views(heatmaps[sample], grid, valid)  # (M, J, N)

@@ -19,9 +19,11 @@ from selfpose3d.models.config import ModelConfig
 from selfpose3d.models.v2v import V2VNet
 from selfpose3d.models.voxel import (
     CameraBatch,
-    project_to_views,
+    camera_to_image,
+    grid_camera_frames,
     sample_views,
     to_heatmap_grid,
+    voxel_axes,
     voxel_grid,
 )
 from selfpose3d.skeleton import NUM_JOINTS
@@ -47,6 +49,9 @@ class PoseNet(nn.Module):
             voxel_grid(cfg.pose_cube_offset, cfg.pose_cube_size, cfg.pose_bins),
             persistent=False,
         )
+        for name, axis in zip("xyz", voxel_axes(cfg.pose_cube_offset, cfg.pose_cube_size,
+                                                cfg.pose_bins), strict=True):  # fmt: skip
+            self.register_buffer(f"axis_{name}", axis, persistent=False)
         self.v2v = V2VNet(
             num_joints, num_joints, width=cfg.v2v_width, channels_last=cfg.v2v_channels_last
         )
@@ -66,8 +71,8 @@ class PoseNet(nn.Module):
         cube is projected into the cameras once, whatever n is.
         """
         n, m = heatmaps.shape[:2]
-        points = roots[:, None, :] + self.offsets  # (M, N, 3)
-        uv, seen = project_to_views(points, cameras)  # (M, V, N, 2), (M, V, N)
+        axes = (self.axis_x, self.axis_y, self.axis_z)
+        uv, seen = camera_to_image(*grid_camera_frames(roots, axes, cameras), cameras)
         size = (heatmaps.shape[-1], heatmaps.shape[-2])
         grid, valid = to_heatmap_grid(uv, seen, affines, size)  # broadcast over n
         cubes = sample_views(heatmaps.flatten(0, 1), grid.flatten(0, 1), valid.flatten(0, 1))

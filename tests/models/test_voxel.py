@@ -9,6 +9,8 @@ from selfpose3d.models.voxel import (
     _UNSEEN,
     CameraBatch,
     SpaceProjector,
+    camera_to_image,
+    grid_camera_frames,
     inside_image,
     project_to_views,
     sample_points,
@@ -115,6 +117,49 @@ def test_distortion_fold_back_is_masked(rig):
     uv, valid = project_to_views(world, cams)
     assert 0 < uv[0, 0, 1, 0] < 320  # the folded point does land inside the image...
     assert valid[0, 0].tolist() == [True, False]  # ...but is not used
+
+
+def test_gradient_stays_finite_for_points_in_the_camera_plane(rig):
+    # A badly regressed joint can sit in (or behind) a camera's plane: its normalised radius
+    # is ~1e9 and the k3 r^6 term overflows. The mask drops its pixel, and the gradient of
+    # the other points must not turn NaN through it (a training step's update is then lost).
+    cams, _ = rig(1, seed=5)
+    cams.dist[..., 4] = 0.01  # a k3 like the Panoptic calibrations'
+    R, t = cams.R[0, 0], cams.t[0, 0]
+    cam_points = torch.tensor([[300.0, -100.0, 1000.0], [1000.0, 0.0, 0.0],
+                               [200.0, 50.0, -800.0]])  # fmt: skip
+    world = ((cam_points - t) @ R)[None].requires_grad_(True)
+    uv, faithful = project_to_views(world, cams, within_image=False)
+    assert faithful[0, 0].tolist() == [True, False, False]
+    torch.where(faithful[..., None], uv, 0.0).sum().backward()
+    assert torch.isfinite(world.grad).all()
+    assert world.grad[0, 1:].abs().max() == 0  # the masked points get no gradient
+    # The faithful point's gradient and pixel are those of projecting it alone.
+    alone = world.detach()[:, :1].requires_grad_(True)
+    uv1, _ = project_to_views(alone, cams, within_image=False)
+    uv1.sum().backward()
+    torch.testing.assert_close(world.grad[:, :1], alone.grad)
+    torch.testing.assert_close(uv[:, :, :1], uv1)
+    # The same through the mask that also asks for the image.
+    world.grad = None
+    uv, seen = project_to_views(world, cams)
+    torch.where(seen[..., None], uv, 0.0).sum().backward()
+    assert torch.isfinite(world.grad).all() and world.grad[0, 0].abs().max() > 0
+
+
+def test_grid_camera_frames_project_like_the_grid_points(rig):
+    # The pose cubes' separable camera frame must give the pixels and masks of projecting
+    # every voxel centre (distorted cameras, grids partly outside some views).
+    cams, _ = rig(4, seed=8, batch=3)
+    roots = torch.tensor([[340.0, -180.0, 950.0], [-1500.0, 900.0, 800.0], [0.0, 0.0, 400.0]])
+    cube = ([0.0, 0.0, 100.0], [2000.0, 1600.0, 2200.0], [8, 6, 5])
+    offsets, axes = voxel_grid(*cube), voxel_axes(*cube)
+    want_uv, want_valid = project_to_views(roots[:, None] + offsets, cams)
+    x, y, z = grid_camera_frames(roots, axes, cams)
+    assert x.shape == (3, 4, 8 * 6 * 5)
+    uv, valid = camera_to_image(x, y, z, cams)
+    assert torch.equal(valid, want_valid) and 0 < valid.float().mean() < 1
+    torch.testing.assert_close(uv[valid], want_uv[valid], rtol=0, atol=1e-3)
 
 
 def test_view_order_does_not_matter(rig):
