@@ -301,12 +301,14 @@ def _input_heatmaps(model: SelfPose3dModel, batch: Batch, name: str) -> list[lis
 
 
 def _person_pose(model: SelfPose3dModel, heatmaps: list[torch.Tensor], root: torch.Tensor,
-                 cams: CameraBatch, affines: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """pose_net on one person: heatmaps V x (J, h, w), root (3,) mm -> joints (J, 3) mm."""
+                 offsets: torch.Tensor, cams: CameraBatch, affines: torch.Tensor
+                 ) -> torch.Tensor:  # fmt: skip
+    """pose_net on one person: heatmaps V x (J, h, w), root (3,) mm, the pose cube's voxel
+    centres relative to the root (N, 3) mm -> joints (J, 3) mm."""
     net = model.pose_net
-    cube = _cube(heatmaps, root + net.offsets, cams, affines)  # (J, N)
+    cube = _cube(heatmaps, root + offsets, cams, affines)  # (J, N)
     out = net.v2v(cube.reshape(1, -1, *net.bins))  # batch 1
-    return root + torch.softmax(net.beta * out.flatten(2)[0], dim=-1) @ net.offsets
+    return root + torch.softmax(net.beta * out.flatten(2)[0], dim=-1) @ offsets
 
 
 def _match_cost(pred: torch.Tensor, seen: torch.Tensor, target: torch.Tensor,
@@ -343,8 +345,10 @@ def loop_pose_step(model: SelfPose3dModel, batch: Batch, inputs: Inputs
               for b in range(b_size)]  # fmt: skip
 
     heatmaps = {n: _input_heatmaps(model, batch, n) for n in VERSIONS}
-    poses = {n: [{k: _person_pose(model, heatmaps[n][b], proposals[b, k, :3], cams[b : b + 1],
-                                  batch.view(n).affines[b]) for k in people[b]}
+    offsets = voxel_grid(mcfg.pose_cube_offset, mcfg.pose_cube_size, mcfg.pose_bins,
+                         device=cams.K.device)  # fmt: skip
+    poses = {n: [{k: _person_pose(model, heatmaps[n][b], proposals[b, k, :3], offsets,
+                                  cams[b : b + 1], batch.view(n).affines[b]) for k in people[b]}
                  for b in range(b_size)] for n in VERSIONS}  # fmt: skip
     label_w = batch.pseudo.weights("soft", cfg.hard_label_threshold)
     targets = {n: [[_pseudo_heatmap(batch.pseudo.joints[b, v], label_w[b, v],
@@ -731,9 +735,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="also print the N operators of the vectorised step (forward + "
-                             "backward) with the most self CPU time, per step (PyTorch "
-                             "profiler; its own overhead inflates them a little)")  # fmt: skip
+                        help="also print, for each version, the N operators of its step "
+                             "(forward + backward) with the most self CPU time, per step "
+                             "(PyTorch profiler; its overhead inflates them a little)")  # fmt: skip
     parser.add_argument("--only", choices=sorted(STEPS), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -786,20 +790,23 @@ def main(argv: list[str] | None = None) -> None:
             memory[name] = memory_of(path, name, args)
     report(args, cfg, inputs, timings, flops, memory, peak, peaks)
     if args.profile:
-        print()
-        print(operator_profile(model, inputs, args.profile))
+        for name in STEPS:
+            print()
+            print(operator_profile(name, model, inputs, args.profile))
 
 
-def operator_profile(model: SelfPose3dModel, inputs: Inputs, rows: int, steps: int = 3) -> str:
-    """The ``rows`` operators with the most self CPU time in the vectorised step, ms per step
-    (the networks' convolutions included: they are the top rows)."""
+def operator_profile(name: str, model: SelfPose3dModel, inputs: Inputs, rows: int,
+                     steps: int = 3) -> str:  # fmt: skip
+    """The ``rows`` operators with the most self CPU time in the step of version ``name``
+    (a key of ``STEPS``), ms per step (the networks' convolutions included: they are the top
+    rows)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            run_once(vectorised_step, model, inputs)
+            run_once(STEPS[name], model, inputs)
     ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:rows]
-    lines = [f"{'operator (vectorised step)':<40} {'self ms/step':>12} {'calls/step':>10}"]
+    lines = [f"{f'operator ({name} step)':<40} {'self ms/step':>12} {'calls/step':>10}"]
     lines += [f"{e.key[:40]:<40} {e.self_cpu_time_total / 1000 / steps:>12.1f} "
               f"{e.count / steps:>10.1f}" for e in ops]  # fmt: skip
     return "\n".join(lines)

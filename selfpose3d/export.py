@@ -54,7 +54,6 @@ from selfpose3d.models.voxel import (
     sample_views,
     to_heatmap_grid,
     voxel_axes,
-    voxel_grid,
 )
 from selfpose3d.skeleton import NUM_JOINTS, PANOPTIC15_JOINTS, ROOT_INDEX
 
@@ -264,9 +263,8 @@ class ExportedModel:
         origin = [c - s / 2 for c, s in zip(g["space_center"], g["space_size"], strict=True)]
         self.voxel_step = torch.tensor(step, device=self.device)  # (3,) mm
         self.origin = torch.tensor(origin, device=self.device)  # root voxel 0, mm
-        # Pose-cube voxel centres relative to the root: (N, 3) mm and per axis.
+        # Pose-cube voxel centres relative to the root along each axis, mm.
         cube = (g["pose_cube_offset"], g["pose_cube_size"], g["pose_bins"])
-        self.offsets = voxel_grid(*cube, device=self.device)
         self.axes = voxel_axes(*cube, device=self.device)
 
     @classmethod
@@ -379,8 +377,7 @@ class ExportedModel:
         cubes = sample_views(heatmaps[sample], grid, valid)  # (M, J, N)
         cubes = cubes.reshape(*cubes.shape[:2], *self.geometry["pose_bins"])
         out = self.networks["pose_v2v"](cubes)
-        joints = roots[:, None, :] + soft_argmax(out.flatten(2), self.offsets.to(out.dtype),
-                                                 self.geometry["beta"])  # fmt: skip
+        joints = roots[:, None, :] + soft_argmax(out, self.axes, self.geometry["beta"])
         return poses.index_put((sample, slot), joints)
 
     def predict(

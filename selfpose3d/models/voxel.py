@@ -277,10 +277,10 @@ def to_heatmap_grid(
     gy = m[..., 1, 0, :] * u + m[..., 1, 1, :] * v + (m[..., 1, 2, :] - 1.0)
     valid = valid & (gx.abs() <= 1.0 + 1.0 / (w - 1)) & (gy.abs() <= 1.0 + 1.0 / (h - 1))
     # Clamped to the border pixels' centres (what "border" padding does) where seen; far
-    # outside where not, so that a "zeros"-padded sampler returns exactly 0 there.
-    # (In place on the fresh stacked grid: a third of the time of clamp and where.)
-    grid = torch.stack([gx, gy], -1).clamp_(-1.0, 1.0)
-    return grid.masked_fill_(~valid[..., None], _UNSEEN), valid
+    # outside where not, so that a "zeros"-padded sampler returns exactly 0 there. Per plane
+    # before the stack: a masked fill of the interleaved grid takes three times as long.
+    gx, gy = (torch.where(valid, g.clamp_(-1.0, 1.0), _UNSEEN) for g in (gx, gy))
+    return torch.stack([gx, gy], -1), valid
 
 
 def sample_views(heatmaps: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

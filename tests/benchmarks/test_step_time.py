@@ -87,3 +87,17 @@ def test_timer_sees_the_backward_of_every_per_person_call():
     assert 0 < t.nets3d < t.total
     flops = step_time.call_flops(timer.calls, CPU)["3d"]
     assert flops > 0
+
+
+def test_operator_profile_counts_the_sampling_calls_of_each_version():
+    inputs, model = _inputs(people=2, batch_size=1)
+    views = inputs.batch.cameras.num_views
+
+    def sampler_calls(name: str) -> float:
+        table = step_time.operator_profile(name, model, inputs, rows=200, steps=1)
+        row = next(line for line in table.splitlines() if line.startswith("aten::grid_sampler_2d"))
+        return float(row.split()[-1])
+
+    assert sampler_calls("vectorised") == 2.0  # the root cube and every pose cube
+    # The loop samples view by view: the root cube, then 2 people x 2 augmentations.
+    assert sampler_calls("loop") == views * (1 + 2 * 2)

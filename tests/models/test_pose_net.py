@@ -5,7 +5,7 @@ from selfpose3d.geometry.camera import project_points
 from selfpose3d.models.config import ModelConfig
 from selfpose3d.models.heatmaps import render_heatmaps
 from selfpose3d.models.pose_net import build_pose_net, soft_argmax
-from selfpose3d.models.voxel import voxel_grid
+from selfpose3d.models.voxel import voxel_axes, voxel_grid
 from selfpose3d.skeleton import NUM_JOINTS
 
 
@@ -23,20 +23,39 @@ def tiny_config(**overrides) -> ModelConfig:
 
 
 def test_soft_argmax_of_a_delta_cube_is_the_voxel_exactly():
-    coords = voxel_grid([100.0, -200.0, 900.0], [1600.0] * 3, [8, 8, 8])
+    cube = ([100.0, -200.0, 900.0], [1600.0] * 3, [8, 8, 8])
+    coords = voxel_grid(*cube)
     cubes = torch.zeros(2, 3, coords.shape[0])
     picks = torch.tensor([[0, 77, 511], [300, 5, 128]])
     cubes.scatter_(2, picks[..., None], 1.0)
-    out = soft_argmax(cubes, coords, beta=100.0)
+    out = soft_argmax(cubes.reshape(2, 3, 8, 8, 8), voxel_axes(*cube), beta=100.0)
     assert out.shape == (2, 3, 3)
     torch.testing.assert_close(out, coords[picks], rtol=0, atol=1e-3)
 
 
 def test_soft_argmax_between_two_equal_voxels_is_their_midpoint():
-    coords = voxel_grid([0.0] * 3, [700.0] * 3, [8, 8, 8])
-    cube = torch.zeros(coords.shape[0])
-    cube[[10, 11]] = 1.0  # neighbours along z
-    torch.testing.assert_close(soft_argmax(cube, coords, 100.0), coords[[10, 11]].mean(0))
+    cube = ([0.0] * 3, [700.0] * 3, [8, 8, 8])
+    coords = voxel_grid(*cube)
+    values = torch.zeros(coords.shape[0])
+    values[[10, 11]] = 1.0  # neighbours along z
+    out = soft_argmax(values.reshape(8, 8, 8), voxel_axes(*cube), 100.0)
+    torch.testing.assert_close(out, coords[[10, 11]].mean(0))
+
+
+def test_soft_argmax_gradient_is_that_of_the_flat_softmax_expectation():
+    # An uneven grid (3 x 4 x 5, unequal spacings) so that a mixed-up axis would show.
+    cube = ([50.0, -20.0, 900.0], [400.0, 900.0, 300.0], [3, 4, 5])
+    axes = voxel_axes(*cube, dtype=torch.float64)
+    coords = voxel_grid(*cube, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    cubes = torch.randn(2, 3, 3, 4, 5, dtype=torch.float64, generator=generator)
+    torch.autograd.gradcheck(lambda c: soft_argmax(c, axes, 0.5), (cubes.requires_grad_(),))
+    reference = torch.softmax(0.5 * cubes.flatten(-3), -1) @ coords
+    torch.testing.assert_close(soft_argmax(cubes, axes, 0.5), reference)
+    weights = torch.randn(2, 3, 3, dtype=torch.float64)
+    (got,) = torch.autograd.grad((soft_argmax(cubes, axes, 0.5) * weights).sum(), cubes)
+    (want,) = torch.autograd.grad((reference * weights).sum(), cubes)
+    torch.testing.assert_close(got, want)
 
 
 def _joint_heatmaps(cams, affines, joints: torch.Tensor) -> torch.Tensor:

@@ -63,9 +63,9 @@ def test_pose_cube_soft_argmax_recovers_the_point(rig):
     cams, affines = rig(3, seed=2)
     heat = heatmaps_of(POINT[None, None], cams, affines)
     root = POINT + torch.tensor([120.0, -70.0, 45.0])  # a proposal near, not at, the point
-    offsets = voxel_grid([0.0] * 3, [1000.0] * 3, [21] * 3)  # 50 mm voxels
-    cube = sample_points(heat, (root + offsets)[None], cams, affines)  # (1, 1, N)
-    estimate = root + soft_argmax(cube, offsets, beta=100.0)[0, 0]
+    grid = ([0.0] * 3, [1000.0] * 3, [21] * 3)  # 50 mm voxels
+    cube = sample_points(heat, (root + voxel_grid(*grid))[None], cams, affines)  # (1, 1, N)
+    estimate = root + soft_argmax(cube.reshape(21, 21, 21), voxel_axes(*grid), beta=100.0)
     # Bilinear sampling peaks at pixel centres: expect a bias below half a voxel.
     assert (estimate - POINT).norm() < 0.5 * 50.0
 
