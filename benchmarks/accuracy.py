@@ -35,13 +35,8 @@ from pathlib import Path
 from selfpose3d.baselines.triangulation import TriangulationConfig, evaluate_triangulation
 from selfpose3d.config import Config, load_config
 from selfpose3d.evaluation.report import PANOPTIC_COLUMNS, ROOT_COLUMNS, format_metrics_table
-from selfpose3d.training.run import (
-    default_stages,
-    evaluate_model,
-    load_frames,
-    load_trained_model,
-    train,
-)
+from selfpose3d.training.evaluate import evaluate_model, load_frames, load_trained_model
+from selfpose3d.training.run import default_stages, train
 
 KEYS = ("ap25", "ap50", "ap75", "ap100", "ap125", "ap150", "recall500", "mpjpe")
 

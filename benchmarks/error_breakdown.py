@@ -45,7 +45,7 @@ from selfpose3d.evaluation import FrameGT
 from selfpose3d.evaluation.panoptic import RECALL_THRESHOLD_MM, match_frame
 from selfpose3d.models.model import apply_affine
 from selfpose3d.skeleton import PANOPTIC15_JOINTS, ROOT_INDEX, flip_permutation
-from selfpose3d.training.run import load_frames, load_trained_model, predict_frames
+from selfpose3d.training.evaluate import load_frames, load_trained_model, predict_frames
 from selfpose3d.training.steps import batch_spec
 
 

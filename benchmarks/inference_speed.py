@@ -5,7 +5,7 @@ not depend on them) and run on synthetic frames of the preset's rig (the synthet
 cameras at the stored image size) with 1, 2 and 3 people standing in the capture space: pseudo
 2D labels projected from them, and, for ``images`` input, JPEG images of the cameras' size.
 The timed part is what ``selfpose3d predict`` runs per frame on the model (as
-``training.run.predict_batch``: input heatmaps, root_net proposals, pose_net on every
+``training.evaluate.predict_batch``: input heatmaps, root_net proposals, pose_net on every
 proposal that is a person), except that the proposals are marked as people at the people's
 true roots: a random root_net finds none, and pose_net's cost grows with the people it
 regresses. Decoding and warping the images into the batch is done beforehand and not

@@ -32,7 +32,7 @@ from selfpose3d.evaluation import FrameGT, FramePrediction, evaluate_panoptic
 from selfpose3d.evaluation.report import PANOPTIC_COLUMNS, format_metrics_table
 from selfpose3d.models.model import build_model
 from selfpose3d.skeleton import PANOPTIC15_JOINTS, ROOT_INDEX
-from selfpose3d.training.run import load_frames
+from selfpose3d.training.evaluate import load_frames
 
 DEFAULT_VARIANTS = {
     "preset": [],

@@ -19,7 +19,8 @@ import time
 
 from selfpose3d.config import load_config
 from selfpose3d.evaluation.report import format_metrics_table
-from selfpose3d.training.run import evaluate_model, load_frames, load_trained_model, train
+from selfpose3d.training.evaluate import evaluate_model, load_frames, load_trained_model
+from selfpose3d.training.run import train
 
 
 def main(argv: list[str] | None = None) -> dict:

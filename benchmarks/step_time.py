@@ -146,7 +146,7 @@ def synthetic_frame(cfg: Config, people: int, seed: int, images: bool) -> MultiV
 
 def data_frames(data: Path, people: int) -> list[MultiViewFrame]:
     """The train frames of an ingested dataset with at least ``people`` GT roots."""
-    from selfpose3d.training.run import load_frames  # reads Parquet; not needed otherwise
+    from selfpose3d.training.evaluate import load_frames  # reads Parquet; not needed otherwise
 
     frames = [f for f in load_frames(data, "train") if f.gt_poses is not None
               and (f.gt_poses[:, ROOT_INDEX, 3] > GT_MIN_VISIBILITY).sum() >= people]  # fmt: skip

@@ -55,13 +55,13 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_and_score(job: dict[str, Any]) -> dict[str, Any]:
-    from selfpose3d.training.run import (
+    from selfpose3d.training.evaluate import (
         evaluate_model,
         load_frames,
         load_trained_model,
         spread_frames,
-        train_frames,
     )
+    from selfpose3d.training.run import train_frames
 
     cfg = config_from_dict(job["config"], job["name"])
     validation = set(job["validation"])

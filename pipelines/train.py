@@ -99,7 +99,8 @@ def train_on_ray(
     from ray.train.torch import TorchTrainer
 
     from selfpose3d.tracking import resolve_tracking_uri
-    from selfpose3d.training.run import default_stages, resolve_checkpoint
+    from selfpose3d.training.evaluate import resolve_checkpoint
+    from selfpose3d.training.run import default_stages
 
     # Resolved here: workers run in other directories, where a relative store would differ.
     tracking_uri = resolve_tracking_uri(tracking_uri)
@@ -158,7 +159,7 @@ def _dataset(shards: list[str], exclude_sequences: Sequence[str]) -> Any:
 
 
 def _eval_frames(data_dir: Path, split: str, sequences: Sequence[str] | None) -> list:
-    from selfpose3d.training.run import load_frames
+    from selfpose3d.training.evaluate import load_frames
 
     frames = load_frames(data_dir, split)
     if sequences is None:

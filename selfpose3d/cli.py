@@ -171,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.train import train_on_ray
     from selfpose3d.evaluation.report import PANOPTIC_COLUMNS, ROOT_COLUMNS, format_metrics_table
     from selfpose3d.tracking import Tracker, ui_command
-    from selfpose3d.training.run import evaluate
+    from selfpose3d.training.evaluate import evaluate
 
     cfg = _config(args)
     if not (args.data / "train").is_dir():
@@ -256,7 +256,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from selfpose3d.evaluation.report import PANOPTIC_COLUMNS, ROOT_COLUMNS, format_metrics_table
-    from selfpose3d.training.run import evaluate
+    from selfpose3d.training.evaluate import evaluate
 
     metrics = evaluate(args.checkpoint, args.data, args.split, batch_size=args.batch_size,
                        progress=not args.quiet and not args.json)  # fmt: skip

@@ -186,7 +186,7 @@ def export_model(
     checkpoint_dir: a run directory, its ``final/`` directory, a checkpoints directory or a
     checkpoint file (as ``selfpose3d evaluate --checkpoint`` takes).
     """
-    from selfpose3d.training.run import load_trained_model, resolve_checkpoint
+    from selfpose3d.training.evaluate import load_trained_model, resolve_checkpoint
 
     if format not in _SUFFIX:
         raise ValueError(f"format must be one of {sorted(_SUFFIX)}, got {format!r}")

@@ -93,7 +93,7 @@ class Predictor:
     """3D poses of batches of multi-view frames, from a checkpoint or by triangulation.
 
     mode "model": ``checkpoint`` is a checkpoint file, a run directory or its ``final/``
-    (:func:`selfpose3d.training.run.resolve_checkpoint`); ``device`` auto / cpu / cuda.
+    (:func:`selfpose3d.training.evaluate.resolve_checkpoint`); ``device`` auto / cpu / cuda.
     mode "triangulation": ``config`` (default: the defaults) gives the capture space and how
     frames are read; it runs on the CPU.
     """
@@ -103,7 +103,8 @@ class Predictor:
         self.mode = mode
         self.checkpoint: Path | None = None
         if mode == "model":
-            from selfpose3d.training.run import load_trained_model, pick_device, resolve_checkpoint
+            from selfpose3d.training.evaluate import load_trained_model, resolve_checkpoint
+            from selfpose3d.training.run import pick_device
 
             if checkpoint is None:
                 raise ValueError("mode 'model' needs a checkpoint")
@@ -154,7 +155,7 @@ class Predictor:
             self.check_frame(frame)
         if self.mode == "triangulation":
             return [triangulate_frame(frame, self.triangulation) for frame in frames]
-        from selfpose3d.training.run import predict_frames
+        from selfpose3d.training.evaluate import predict_frames
 
         poses, _ = predict_frames(self.model, frames, batch_size=max(1, len(frames)),
                                   device=self.device)  # fmt: skip

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from selfpose3d.cli import main
 from selfpose3d.config import load_config
-from selfpose3d.training.run import evaluate, train
+from selfpose3d.training.evaluate import evaluate
+from selfpose3d.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from selfpose3d.data.batches import BatchSpec, make_batch
 from selfpose3d.export import ExportedModel, export_model
 from selfpose3d.models.model import build_model
 from selfpose3d.training.checkpoint import model_signature, save_checkpoint
-from selfpose3d.training.run import load_frames, load_trained_model
+from selfpose3d.training.evaluate import load_frames, load_trained_model
 
 REPO = Path(__file__).resolve().parents[1]
 PSEUDO = ["model.input_mode=pseudo_heatmaps", "model.use_attention=false"]

@@ -184,7 +184,7 @@ def run_sweep(
     from ray.tune.search.optuna import OptunaSearch
 
     from selfpose3d.tracking import Tracker, resolve_tracking_uri
-    from selfpose3d.training.run import resolve_checkpoint
+    from selfpose3d.training.evaluate import resolve_checkpoint
     from tune.space import paper_point, to_tune
 
     t0 = time.perf_counter()

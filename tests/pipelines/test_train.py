@@ -94,7 +94,8 @@ def test_one_and_two_workers_learn_alike(ray_session, smoke_data, tmp_path):
     about equally well. Measured: 75.0 % (1 worker) and 86.1 % (2 workers; 77.8 % before
     the workers sorted their frames); 2 workers at the same epochs, i.e. half the steps,
     reached only 52.8 %."""
-    from selfpose3d.training.run import evaluate, train
+    from selfpose3d.training.evaluate import evaluate
+    from selfpose3d.training.run import train
 
     base = ["model.input_mode=pseudo_heatmaps", "model.use_attention=false",
             "train.root_consistency_weight=0", "train.num_threads=1"]  # fmt: skip

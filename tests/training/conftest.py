@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from selfpose3d.config import Config, load_config
-from selfpose3d.training.run import load_frames, train
+from selfpose3d.training.evaluate import load_frames
+from selfpose3d.training.run import train
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"

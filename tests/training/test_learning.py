@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from selfpose3d.models.model import build_model
-from selfpose3d.training.run import evaluate, load_trained_model, train
+from selfpose3d.training.evaluate import evaluate, load_trained_model
+from selfpose3d.training.run import train
 from selfpose3d.training.schedule import seed_everything
 
 # Measured: root recall@500 77.8 % (28 of 36 GT people; the misses are people the simulated

@@ -12,8 +12,9 @@ from selfpose3d.data.batches import GroundTruth, iterate_batches, make_batch
 from selfpose3d.models.model import build_model
 from selfpose3d.skeleton import PANOPTIC15_JOINTS
 from selfpose3d.training.config import TrainConfig
+from selfpose3d.training.evaluate import load_trained_model, predict_batch
 from selfpose3d.training.loop import train_stage
-from selfpose3d.training.run import load_trained_model, predict_batch, train
+from selfpose3d.training.run import train
 from selfpose3d.training.schedule import set_trainable
 from selfpose3d.training.steps import STAGES, batch_spec, project_poses
 

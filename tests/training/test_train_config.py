@@ -9,7 +9,7 @@ import pytest
 
 from selfpose3d.config import ConfigError, load_config
 from selfpose3d.training.config import PAPER_ROOT_MARGINS, StageConfig, TrainConfig
-from selfpose3d.training.run import spread_frames
+from selfpose3d.training.evaluate import spread_frames
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
