@@ -44,15 +44,11 @@ from selfpose3d.io import atomic_write_bytes, atomic_write_json
 from selfpose3d.models.config import ADDED_FIELDS
 from selfpose3d.models.heatmaps import render_heatmaps
 from selfpose3d.models.output import ModelOutput
-from selfpose3d.models.pose_net import soft_argmax
+from selfpose3d.models.pose_net import pose_cubes, soft_argmax
 from selfpose3d.models.root_net import nms_topk, subvoxel_offsets
 from selfpose3d.models.voxel import (
     CameraBatch,
     SpaceProjector,
-    camera_to_image,
-    grid_camera_frames,
-    sample_views,
-    to_heatmap_grid,
     voxel_axes,
 )
 from selfpose3d.skeleton import NUM_JOINTS, PANOPTIC15_JOINTS, ROOT_INDEX
@@ -370,12 +366,9 @@ class ExportedModel:
         if sample.numel() == 0:
             return poses
         roots = proposals[sample, slot, :3].to(heatmaps.dtype)  # (M, 3)
-        frames = grid_camera_frames(roots, self.axes, cameras[sample])  # 3 x (M, V, N)
-        uv, seen = camera_to_image(*frames, cameras[sample])  # (M, V, N, 2), (M, V, N)
-        size = (heatmaps.shape[-1], heatmaps.shape[-2])
-        grid, valid = to_heatmap_grid(uv, seen, affines[sample], size)
-        cubes = sample_views(heatmaps[sample], grid, valid)  # (M, J, N)
-        cubes = cubes.reshape(*cubes.shape[:2], *self.geometry["pose_bins"])
+        # One version of the M people's views: (1, M, ...) in, (M, J, X, Y, Z) out.
+        cubes = pose_cubes(heatmaps[sample][None], roots, self.axes, cameras[sample],
+                           affines[sample][None])[0]  # fmt: skip
         out = self.networks["pose_v2v"](cubes)
         joints = roots[:, None, :] + soft_argmax(out, self.axes, self.geometry["beta"])
         return poses.index_put((sample, slot), joints)

@@ -71,6 +71,30 @@ def soft_argmax(cubes: torch.Tensor, axes: Sequence[torch.Tensor], beta: float) 
     return _SoftArgmax.apply(cubes, ax, ay, az, beta)
 
 
+def pose_cubes(
+    heatmaps: torch.Tensor,
+    roots: torch.Tensor,
+    axes: Sequence[torch.Tensor],
+    cameras: CameraBatch,
+    affines: torch.Tensor,
+) -> torch.Tensor:
+    """Input cubes of M people seen in n versions of their views (e.g. two augmentations):
+    heatmaps (n, M, V, J, h, w), roots (M, 3) mm, axes the grid's voxel centres relative to
+    the root along x (X,), y (Y,), z (Z,) mm, cameras of the M people's samples, affines
+    (n, M, V, 2, 3) -> (n, M, J, X, Y, Z).
+
+    The versions differ only by their affines (original px -> heatmap px), so every cube is
+    projected into the cameras once, whatever n is.
+    """
+    n, m = heatmaps.shape[:2]
+    frames = grid_camera_frames(roots, axes, cameras)
+    uv, seen = camera_to_image(*frames, cameras)
+    size = (heatmaps.shape[-1], heatmaps.shape[-2])
+    grid, valid = to_heatmap_grid(uv, seen, affines, size)  # broadcast over n
+    cubes = sample_views(heatmaps.flatten(0, 1), grid.flatten(0, 1), valid.flatten(0, 1))
+    return cubes.reshape(n, m, cubes.shape[1], *(len(a) for a in axes))
+
+
 class PoseNet(nn.Module):
     def __init__(self, cfg: ModelConfig, num_joints: int = NUM_JOINTS) -> None:
         super().__init__()
@@ -89,28 +113,6 @@ class PoseNet(nn.Module):
     def axes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The pose cube's voxel centres relative to the root along x, y, z, mm."""
         return self.axis_x, self.axis_y, self.axis_z
-
-    def cubes(
-        self,
-        heatmaps: torch.Tensor,
-        roots: torch.Tensor,
-        cameras: CameraBatch,
-        affines: torch.Tensor,
-    ) -> torch.Tensor:
-        """Input cubes of M people seen in n versions of their views (e.g. two augmentations):
-        heatmaps (n, M, V, J, h, w), roots (M, 3) mm, cameras of the M people's samples,
-        affines (n, M, V, 2, 3) -> (n, M, J, X, Y, Z).
-
-        The versions differ only by their affines (original px -> heatmap px), so every
-        cube is projected into the cameras once, whatever n is.
-        """
-        n, m = heatmaps.shape[:2]
-        frames = grid_camera_frames(roots, self.axes, cameras)
-        uv, seen = camera_to_image(*frames, cameras)
-        size = (heatmaps.shape[-1], heatmaps.shape[-2])
-        grid, valid = to_heatmap_grid(uv, seen, affines, size)  # broadcast over n
-        cubes = sample_views(heatmaps.flatten(0, 1), grid.flatten(0, 1), valid.flatten(0, 1))
-        return cubes.reshape(n, m, cubes.shape[1], *self.bins)
 
     def regress(self, cubes: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
         """Input cubes (M, J, X, Y, Z), roots (M, 3) mm -> joints (M, J, 3) mm."""
@@ -151,7 +153,7 @@ class PoseNet(nn.Module):
         # index_select copies whole rows, faster than advanced indexing.
         heatmaps = heatmaps.index_select(0, rows).unflatten(0, shape)
         affines = affines.index_select(0, rows).to(heatmaps.dtype).unflatten(0, shape)
-        cubes = self.cubes(heatmaps, roots, cams, affines)
+        cubes = pose_cubes(heatmaps, roots, self.axes, cams, affines)
         joints = self.regress(cubes.flatten(0, 1), roots.repeat(n, 1))
         return poses.index_put((rows, slot.repeat(n)), joints)
 
