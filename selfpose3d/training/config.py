@@ -72,7 +72,7 @@ class AugmentConfig:
 class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms
-    num_threads: int = 0  # torch intra-op threads; 0 = torch's default
+    num_threads: int = 0  # torch intra-op threads (0 = torch's default); part of a seed's result
     # The preset this run belongs to; a checkpoint of another preset is refused on load.
     preset: str = ""
     backbone: StageConfig = field(

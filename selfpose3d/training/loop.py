@@ -181,7 +181,11 @@ def train_stage(
             if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
                 save(done=False)
         bar.close()
-        scheduler.step()
+        with warnings.catch_warnings():
+            # The schedule counts epochs, not updates: it advances even after an epoch
+            # whose every update was skipped, which PyTorch would otherwise warn about.
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)`")
+            scheduler.step()
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
         if on_epoch_end is not None:
             # Before the checkpoint: a run killed in between redoes the epoch and its
