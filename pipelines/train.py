@@ -155,6 +155,9 @@ def _dataset(shards: list[str], exclude_sequences: Sequence[str]) -> Any:
     if exclude_sequences:
         excluded = frozenset(exclude_sequences)
         dataset = dataset.filter(lambda row: row["sequence"] not in excluded)
+    # Each worker reads its shard once per run, in a second; Ray Data's bars for that, drawn
+    # by the split's coordinator actor, would interleave with the workers' training bars.
+    dataset.context.enable_progress_bars = False
     return dataset
 
 

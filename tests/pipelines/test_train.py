@@ -115,3 +115,26 @@ def test_one_and_two_workers_learn_alike(ray_session, smoke_data, tmp_path):
           f"2 workers {recall[2]:.1f} %")  # fmt: skip
     assert min(recall.values()) >= 50.0, recall
     assert abs(recall[1] - recall[2]) <= 20.0, recall
+
+
+def test_train_quiet_prints_the_summary_and_nothing_of_the_workers(smoke_data, tmp_path):
+    """`selfpose3d train --quiet` starting its own Ray: the driver's summary lines only."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "selfpose3d.cli", "train", "--config", str(SMOKE),
+               "--data", str(smoke_data), "--out", str(tmp_path / "run"), "--stages", "root",
+               "--eval-split", "", "--quiet", "--cpus-per-worker", "1",
+               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+    command += [f"--set={item}" for item in (*FAST, "train.root.epochs=1")]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
+                                                            "RAY_DATA_DISABLE_PROGRESS_BARS")}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "trained root in" in proc.stdout
+    for noise in ("RayTrainWorker", "TrainController", "SplitCoordinator", "Running Dataset",
+                  "it/s"):  # fmt: skip
+        assert noise not in output, f"{noise!r} in the output of --quiet:\n{output[-3000:]}"
