@@ -4,6 +4,9 @@ store. Restarts and resumes are drilled against real processes in tests/cluster.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,10 +122,6 @@ def test_one_and_two_workers_learn_alike(ray_session, smoke_data, tmp_path):
 
 def test_train_quiet_prints_the_summary_and_nothing_of_the_workers(smoke_data, tmp_path):
     """`selfpose3d train --quiet` starting its own Ray: the driver's summary lines only."""
-    import os
-    import subprocess
-    import sys
-
     command = [sys.executable, "-m", "selfpose3d.cli", "train", "--config", str(SMOKE),
                "--data", str(smoke_data), "--out", str(tmp_path / "run"), "--stages", "root",
                "--eval-split", "", "--quiet", "--cpus-per-worker", "1",
