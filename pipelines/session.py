@@ -37,13 +37,10 @@ def ray_session(
     num_cpus: int | None = None,
     quiet_data: bool = True,
     dashboard: bool = False,
-    log_to_driver: bool = True,
 ) -> Iterator[Any]:
     """Use the running Ray instance, connect to ``address`` (default: ``$RAY_ADDRESS``), or
     start a local instance (``num_cpus``; ``dashboard`` on 127.0.0.1, which Ray Train's
-    clean-up of finished runs queries); only what this call started is shut down.
-    ``log_to_driver=False`` keeps the remote processes' output (Train workers, Ray Data) out
-    of this process's console; their errors still reach it as exceptions."""
+    clean-up of finished runs queries); only what this call started is shut down."""
     import ray
     import ray.data  # noqa: F401  (configures its loggers on import; adjust them after)
 
@@ -54,13 +51,11 @@ def ray_session(
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
             check_reachable(address)
-            ray.init(address=address, logging_level=logging.WARNING,
-                     log_to_driver=log_to_driver)  # fmt: skip
+            ray.init(address=address, logging_level=logging.WARNING)
         else:
             # "local": a new instance, even where `ray start` left a cluster address file.
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-                     dashboard_host="127.0.0.1", logging_level=logging.WARNING,
-                     log_to_driver=log_to_driver)  # fmt: skip
+                     dashboard_host="127.0.0.1", logging_level=logging.WARNING)  # fmt: skip
     # Ray Data logs every operator's state at INFO; our summaries say what a user needs.
     data_logger = logging.getLogger("ray.data")
     saved_level = data_logger.level

@@ -183,8 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"recording has none): the run is not scored", file=sys.stderr)  # fmt: skip
     # Ray Data reads the shards while every Train worker holds its CPUs: leave it one more.
     local_cpus = max(os.cpu_count() or 1, math.ceil(args.workers * args.cpus_per_worker) + 1)
-    with ray_session(args.address, num_cpus=local_cpus, dashboard=True,
-                     log_to_driver=not args.quiet):  # fmt: skip
+    with ray_session(args.address, num_cpus=local_cpus, dashboard=True):
         summary = train_on_ray(
             cfg, args.data, args.out, args.stages, workers=args.workers,
             cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
@@ -233,8 +232,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     # A trial holds one CPU and keeps one free for its data tasks while its worker trains:
     # on a local machine Ray gets three logical CPUs per core, so that each concurrent
     # trial's worker has a core.
-    with ray_session(args.address, num_cpus=3 * (os.cpu_count() or 1), dashboard=True,
-                     log_to_driver=not args.quiet):  # fmt: skip
+    with ray_session(args.address, num_cpus=3 * (os.cpu_count() or 1), dashboard=True):
         result = run_sweep(cfg, args.data, args.out, init=args.init, resume=args.resume,
                            tracking_uri=args.tracking_uri, progress=not args.quiet)  # fmt: skip
     if result.interrupted:
@@ -597,9 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(p)
     p.add_argument("--eval-split", default="test",
                    help="split evaluated after every epoch and at the end ('' = none)")  # fmt: skip
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress bars, none of the Ray workers' output (a worker's "
-                   "error is still raised here)")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -626,8 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep in --out: finished trials are kept")  # fmt: skip
     _add_cluster_args(p)
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress output, none of the Ray workers' output")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
